@@ -1,0 +1,1 @@
+"""filterd's training pipeline: corpus → vocabulary → RNN → ONNX artifact. Torch lives only here."""
