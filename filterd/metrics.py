@@ -1,0 +1,30 @@
+"""Prometheus metrics. Every name starts with `filterd_`; the endpoint is started by server.py."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+# Score buckets are finer near both ends, where the thresholds live.
+_SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+MESSAGES = Counter(
+    "filterd_messages", "Messages handled, by action taken", ["action"]
+)  # action: ham | tagged | rejected | skipped | unscored | tempfail | relay_failed
+SCORE = Histogram("filterd_score", "Spam probability of scored messages", buckets=_SCORE_BUCKETS)
+SCORING_SECONDS = Histogram(
+    "filterd_scoring_seconds", "Time to score one message (prepare + batched inference)",
+    buckets=_LATENCY_BUCKETS,
+)
+RELAY_SECONDS = Histogram(
+    "filterd_relay_seconds", "Time to hand one message to the next hop", buckets=_LATENCY_BUCKETS
+)
+BATCH_SIZE = Histogram(
+    "filterd_batch_size", "Messages per onnxruntime call", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+)
+NEXT_HOP_ERRORS = Counter(
+    "filterd_next_hop_errors", "Next-hop failures, by kind", ["kind"]
+)  # kind: connect | timeout | tempfail | permfail | protocol
+IN_FLIGHT = Gauge("filterd_sessions_in_flight", "Open SMTP sessions", multiprocess_mode="livesum")
+MODEL = Info("filterd_model", "The model being served")
+RELOADS = Counter("filterd_reloads", "Config/model reloads, by result", ["result"])  # ok | failed

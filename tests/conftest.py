@@ -1,0 +1,34 @@
+"""Shared pytest set-up: the corpus location and the fixture plugins of each area."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytest_plugins = [
+    "tests.fixtures.smtp",
+    "tests.fixtures.postfix",
+]
+
+
+def corpus_path() -> Path:
+    """The one corpus setting: FILTERD_CORPUS, default ../shared/corpus beside the repo."""
+    return Path(os.environ.get("FILTERD_CORPUS", REPO.parent / "shared" / "corpus")).resolve()
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    path = corpus_path()
+    if not any(path.glob("*.tar.bz2")) and not path.is_dir():
+        pytest.skip(f"corpus not found at {path}; set FILTERD_CORPUS")
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The model that ships in the repository."""
+    return REPO / "model_artifacts"
