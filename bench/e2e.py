@@ -1,0 +1,207 @@
+"""End-to-end bench: smtp-source → (nothing | plain relay | filterd) → smtp-sink, side by side.
+
+    python -m bench.e2e [--sessions 1 16 64] [--messages 3000] [--targets direct plain filterd]
+
+For each session count S, the same load goes straight into smtp-sink ("direct"), through
+bench/plain_relay.py ("plain", no scoring) and through `filterd serve` with the shipped config
+and model ("filterd"). The load is Postfix's smtp-source, S-1 sessions spread over up to four
+processes, each sending a different ~4 KB corpus message (half ham, half spam) over one
+connection per session (-d, like an MTA's connection cache). smtp-source cannot time single
+messages, so the S-th session is our own probe: an aiosmtplib client that sends corpus
+messages one after another over one connection while the load runs and times each
+transaction, MAIL FROM to the reply to the final dot. At S = 1 the probe is the whole load.
+
+Figures per run: messages/s (all sessions), probe latency p50/p99, and CPU seconds the server
+under test (all its processes) spent per message, which is less noisy than throughput on a
+shared machine. Results go to bench/results/e2e-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiosmtplib
+
+from bench import harness
+
+SOURCE_PROCESSES = 4
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User+system CPU of every live process in a process group (the server and its workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after "comm)": state ppid pgrp ...
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def probe(port: int, messages: list[bytes], done: asyncio.Event, limit: int) -> list[float]:
+    """One session: send messages back to back until `done` (or `limit` sent); seconds each."""
+    latencies: list[float] = []
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=120, start_tls=False)
+    await client.connect()
+    try:
+        while not done.is_set() and len(latencies) < limit:
+            raw = messages[len(latencies) % len(messages)]
+            start = time.perf_counter()
+            await client.sendmail("probe@bench.example", ["sink@bench.example"], raw)
+            latencies.append(time.perf_counter() - start)
+    finally:
+        client.close()
+    return latencies
+
+
+async def smtp_source(port: int, sessions: int, count: int, path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "smtp-source", "-d", "-s", str(sessions), "-m", str(count), "-F", str(path),
+        "-M", "bench.example", "-f", "load@bench.example", "-t", "sink@bench.example",
+        f"127.0.0.1:{port}", stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"smtp-source failed ({proc.returncode}): {err.decode()[-500:]}")
+
+
+def split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+async def run_load(port: int, sessions: int, total: int, files: list[Path],
+                   messages: list[bytes]) -> dict[str, float]:
+    """S-1 smtp-source sessions plus the probe; returns throughput and latency figures."""
+    done = asyncio.Event()
+    start = time.perf_counter()
+    if sessions == 1:
+        latencies = await probe(port, messages, done, total)
+        sent = len(latencies)
+    else:
+        procs = min(SOURCE_PROCESSES, sessions - 1)
+        loads = [smtp_source(port, s, m, files[i % len(files)]) for i, (s, m) in
+                 enumerate(zip(split(sessions - 1, procs), split(total, procs), strict=True))]
+        probe_task = asyncio.create_task(probe(port, messages, done, 10**9))
+        try:
+            await asyncio.gather(*loads)
+        finally:
+            done.set()
+        latencies = await probe_task
+        sent = total + len(latencies)
+    wall = time.perf_counter() - start
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [
+        latencies[0]] * 99
+    return {"messages": sent, "seconds": round(wall, 3), "msgs_per_s": round(sent / wall, 1),
+            "probe_n": len(latencies), "p50_ms": round(cuts[49] * 1000, 2),
+            "p99_ms": round(cuts[98] * 1000, 2)}
+
+
+async def measure(name: str, port: int, pgid: int | None, sessions: int, total: int,
+                  files: list[Path], messages: list[bytes]) -> dict[str, object]:
+    load = os.getloadavg()[0]
+    cpu0 = group_cpu_seconds(pgid) if pgid else 0.0
+    figures: dict[str, object] = dict(await run_load(port, sessions, total, files, messages))
+    if pgid:
+        cpu = group_cpu_seconds(pgid) - cpu0
+        figures["server_cpu_ms_per_msg"] = round(cpu * 1000 / int(figures["messages"]), 3)
+    figures.update(target=name, sessions=sessions, loadavg_1m=load)
+    print(f"{name:>10} S={sessions:<3} {figures['msgs_per_s']:>8} msg/s  "
+          f"p50 {figures['p50_ms']:>7} ms  p99 {figures['p99_ms']:>7} ms  "
+          f"cpu/msg {figures.get('server_cpu_ms_per_msg', '-')} ms  (load {load:.2f})", flush=True)
+    return figures
+
+
+def messages_for(sessions: int, base: int) -> int:
+    return max(100, base // 10) if sessions == 1 else base
+
+
+async def bench(args: argparse.Namespace, targets: dict[str, tuple[int, int | None]],
+                files: list[Path], messages: list[bytes]) -> list[dict[str, object]]:
+    for name, (port, _) in targets.items():  # warm up: connections, model, caches
+        await run_load(port, 8, 200, files, messages)
+    runs = []
+    for sessions in args.sessions:
+        for name, (port, pgid) in targets.items():
+            total = messages_for(sessions, args.messages)
+            runs.append(await measure(name, port, pgid, sessions, total, files, messages))
+    return runs
+
+
+def ratios(runs: list[dict[str, object]]) -> list[dict[str, object]]:
+    """filterd against the plain relay, per session count."""
+    out = []
+    by = {(r["target"], r["sessions"]): r for r in runs}
+    for (target, sessions), run in by.items():
+        plain = by.get(("plain", sessions))
+        if target == "plain" or plain is None:
+            continue
+        out.append({"target": target, "sessions": sessions,
+                    "throughput_vs_plain": round(float(run["msgs_per_s"]) / float(plain["msgs_per_s"]), 2),  # type: ignore[arg-type]
+                    "p99_vs_plain": round(float(run["p99_ms"]) / float(plain["p99_ms"]), 2)})  # type: ignore[arg-type]
+    for r in out:
+        print(f"{r['target']:>10} S={r['sessions']:<3} throughput x{r['throughput_vs_plain']} "
+              f"of plain, p99 x{r['p99_vs_plain']}")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--messages", type=int, default=3000, help="per run (a tenth at S=1)")
+    parser.add_argument("--targets", nargs="+", default=["direct", "plain", "filterd"],
+                        help="direct plain plain2 (two workers) filterd")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML",
+                        help="filterd config overrides, e.g. workers=2 scoring.max_wait_ms=5")
+    args = parser.parse_args()
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    picks = harness.sample_messages(40)
+    messages = [raw for _, raw in picks]
+    with tempfile.TemporaryDirectory(prefix="filterd-bench-") as tmp:
+        files = []  # two ham, two spam for the smtp-source processes (picks are ham first)
+        for i in (0, len(messages) // 2, 1, len(messages) // 2 + 1):
+            files.append(Path(tmp) / f"m{i}.eml")
+            files[-1].write_bytes(messages[i])
+        runs = asyncio.run(with_servers(args, overrides, files, messages))
+    results = {"machine": harness.machine(), "args": vars(args), "runs": runs,
+               "ratios": ratios(runs)}
+    harness.write_results("e2e", results)
+    return 0
+
+
+async def with_servers(args: argparse.Namespace, overrides: dict[str, object],
+                       files: list[Path], messages: list[bytes]) -> list[dict[str, object]]:
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(harness.smtp_sink())
+        targets: dict[str, tuple[int, int | None]] = {}
+        for name in args.targets:
+            if name == "direct":
+                targets[name] = (sink, None)
+            elif name.startswith("plain"):
+                workers = int(name[5:] or 1)
+                port, proc = stack.enter_context(harness.plain_relay(sink, workers))
+                targets[name] = (port, proc.pid)
+            elif name == "filterd":
+                harness.RESULTS.mkdir(parents=True, exist_ok=True)
+                log = harness.RESULTS / "filterd-e2e.log"
+                port, proc = stack.enter_context(harness.filterd(sink, log, **overrides))
+                targets[name] = (port, proc.pid)
+        return await bench(args, targets, files, messages)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
