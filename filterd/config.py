@@ -1,0 +1,293 @@
+"""The configuration: frozen dataclasses holding every default, and load_config() that validates YAML.
+
+Defaults live only here; an empty file yields them. Each field carries a checker in its
+metadata; load_config() walks the YAML mapping, rejects unknown keys and runs the checkers,
+so every ConfigError names the key path it is about (e.g. `policy.reject_at: ...`).
+Relative paths (model.path) are relative to the working directory of the process.
+
+`filterd check-config -c FILE` is run() below: the same checks `serve` runs at start, plus
+loading the model (manifest, every SHA-256, one warm-up inference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from filterd.errors import ConfigError, ModelError
+
+Check = Callable[[Any, str], Any]
+
+
+def _opt(default: Any, check: Check) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+# --- checkers: each takes (value, key path) and returns the value to store ----------------
+
+
+def _integer(lo: int, hi: int | None = None) -> Check:
+    def check(value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_kind(value)} {value!r}")
+        if value < lo or (hi is not None and value > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise ConfigError(f"{key}: {value} is out of range (must be {bound})")
+        return value
+    return check
+
+
+def _number(lo: float, hi: float | None = None, *, lo_open: bool = False) -> Check:
+    def check(value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {_kind(value)} {value!r}")
+        if value < lo or (lo_open and value == lo) or (hi is not None and value > hi):
+            low = f"> {lo}" if lo_open else f">= {lo}"
+            bound = f"{low} and <= {hi}" if hi is not None else low
+            raise ConfigError(f"{key}: {value} is out of range (must be {bound})")
+        return float(value)
+    return check
+
+
+def _string(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}: expected a non-empty string, got {_kind(value)} {value!r}")
+    return value
+
+
+def _nullable(check: Check) -> Check:
+    return lambda value, key: None if value is None else check(value, key)
+
+
+def _choice(*choices: str) -> Check:
+    def check(value: Any, key: str) -> str:
+        if not isinstance(value, str) or value.lower() not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+        return value.lower()
+    return check
+
+
+def _strings(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list, got {_kind(value)} {value!r}")
+    return tuple(_string(item, f"{key}[{i}]") for i, item in enumerate(value))
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """'127.0.0.1:25' / '[::1]:25' / 'localhost:25' -> (host, port); ValueError if malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not host:port (IPv6 as [::1]:port, port 0-65535)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)  # raises ValueError when it is not one
+    elif ":" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:10025")
+    return host, int(port)
+
+
+def _hostport(min_port: int) -> Check:
+    def check(value: Any, key: str) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected \"host:port\", got {_kind(value)} {value!r}")
+        try:
+            _host, port = split_hostport(value.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        if port < min_port:
+            raise ConfigError(f"{key}: port {port} is out of range (must be {min_port}-65535)")
+        return value.strip()
+    return check
+
+
+def _networks(value: Any, key: str) -> tuple[str, ...]:
+    out = []
+    for i, item in enumerate(_strings(value, key)):
+        try:
+            out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError as exc:
+            raise ConfigError(f"{key}[{i}]: {item!r} is not a network ({exc})") from None
+    return tuple(out)
+
+
+def _workers(value: Any, key: str) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, str):
+        raise ConfigError(f"{key}: expected an integer or \"auto\", got {value!r}")
+    return _integer(1, 256)(value, key)
+
+
+def _threshold(value: Any, key: str) -> float | str | None:
+    if value is None or value == "manifest":
+        return value
+    if isinstance(value, str):
+        raise ConfigError(f"{key}: expected a score, \"manifest\" or null, got {value!r}")
+    return _number(0.0, 1.0)(value, key)
+
+
+
+def build(cls: type, data: Any, path: str = "") -> Any:
+    """Make the dataclass `cls` from a YAML mapping, checking every key (None = defaults)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'top level'}: expected a mapping, got {_kind(data)}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{path}.{name}" if path else str(name)
+        if name not in known:
+            raise ConfigError(f"{key}: unknown key (known here: {', '.join(known)})")
+        factory = known[name].default_factory
+        if is_dataclass(factory):  # a nested section, e.g. timeouts
+            kwargs[name] = build(factory, value, key)  # type: ignore[arg-type]
+        else:
+            kwargs[name] = known[name].metadata["check"](value, key)
+    return cls(**kwargs)
+
+
+# --- the configuration --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    idle: float = _opt(300.0, _number(0, lo_open=True))
+    scoring: float = _opt(30.0, _number(0, lo_open=True))
+    next_hop_connect: float = _opt(10.0, _number(0, lo_open=True))
+    next_hop: float = _opt(60.0, _number(0, lo_open=True))
+    shutdown: float = _opt(30.0, _number(0))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = _opt("model_artifacts", _string)
+    device: str = _opt("auto", _choice("auto", "cpu", "cuda"))
+    threads: int = _opt(1, _integer(1, 256))
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    max_batch: int = _opt(32, _integer(1, 4096))
+    max_wait_ms: float = _opt(2.0, _number(0, 1000))
+    max_bytes: int = _opt(10485760, _integer(1))
+    max_tokens: int = _opt(4096, _integer(16, 1_000_000))
+    on_error: str = _opt("tempfail", _choice("tempfail", "accept"))
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    tag_at: float | str | None = _opt("manifest", _threshold)
+    reject_at: float | str | None = _opt(None, _threshold)
+    subject_prefix: str | None = _opt(None, _nullable(_string))
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    pool_size: int = _opt(8, _integer(1, 1024))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = _opt("info", _choice("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    ham: tuple[str, ...] = _opt((), _strings)
+    spam: tuple[str, ...] = _opt((), _strings)
+    model_dir: str = _opt("/var/lib/filterd/model", _string)
+    work_dir: str = _opt("/var/lib/filterd/retrain", _string)
+    holdout: float = _opt(0.2, _number(0, 0.9, lo_open=True))
+
+
+_LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = _opt("127.0.0.1:10025", _hostport(0))
+    next_hop: str = _opt("127.0.0.1:10026", _hostport(1))
+    metrics: str | None = _opt("127.0.0.1:9125", _nullable(_hostport(0)))
+    hostname: str | None = _opt(None, _nullable(_string))
+    workers: int | str = _opt(1, _workers)
+    allowed_networks: tuple[str, ...] = _opt(_LOOPBACK, _networks)
+    xforward_networks: tuple[str, ...] = _opt(_LOOPBACK, _networks)
+    max_message_size: int = _opt(52428800, _integer(1024))
+    max_recipients: int = _opt(1000, _integer(1, 100_000))
+    max_connections: int = _opt(256, _integer(1, 100_000))
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+
+    def worker_count(self) -> int:
+        """`workers` resolved: "auto" is the number of CPUs this process may run on."""
+        if self.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        return int(self.workers)
+
+
+def _cross_checks(config: Config) -> None:
+    tag, reject = config.policy.tag_at, config.policy.reject_at
+    if isinstance(tag, float) and isinstance(reject, float) and reject < tag:
+        raise ConfigError(f"policy.reject_at: {reject} is below policy.tag_at ({tag})")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file; ConfigError names the offending key path."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    config = build(Config, data)
+    _cross_checks(config)
+    return config
+
+
+def load_scorer(config: Config) -> Any:
+    """Load and warm up the model `config` names; ConfigError naming `model.path` if it can't."""
+    from filterd.scorer import Scorer  # onnxruntime is heavy: import only when a model is needed
+
+    model = config.model
+    try:
+        scorer = Scorer.load(model.path, model.device, threads=model.threads,
+                             max_tokens=config.scoring.max_tokens)
+        scorer.warmup()
+    except ModelError as exc:
+        raise ConfigError(f"model.path: {model.path}: {exc}") from None
+    except (OSError, RuntimeError, ValueError) as exc:  # onnxruntime's own failures
+        raise ConfigError(f"model.path: {model.path}: cannot load the model: {exc}") from None
+    return scorer
+
+
+def run(args: argparse.Namespace) -> int:
+    """`filterd check-config -c FILE`: 0 when the config and its model are good, else 2."""
+    try:
+        config = load_config(args.config)
+        scorer = load_scorer(config)
+    except ConfigError as exc:
+        print(f"filterd: {args.config}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: OK (model {scorer.version} on {scorer.provider}, "
+          f"{config.worker_count()} worker(s), listening on {config.listen})")
+    return 0
