@@ -65,10 +65,19 @@ def exposure(output: str) -> float:
     return float(match.group(1))
 
 
+def setting(text: str, pattern: str) -> re.Match[str] | None:
+    """The first line of a unit file that matches `pattern` as a whole."""
+    return re.search(rf"^{pattern}$", text, re.MULTILINE)
+
+
 def test_units_are_in_the_repo() -> None:
     names = {path.name for path in UNITS.iterdir()}
-    assert {"filterd.service", "filterd-retrain.service", "filterd-retrain.timer",
-            "cuda.conf"} <= names
+    assert {
+        "filterd.service",
+        "filterd-retrain.service",
+        "filterd-retrain.timer",
+        "cuda.conf",
+    } <= names
 
 
 def test_verify_is_clean(root: Path) -> None:
@@ -118,16 +127,16 @@ def test_daemon_unit_contract() -> None:
         "ProtectSystem=strict",
         "StateDirectory=filterd",
     ]:
-        assert re.search(rf"^{re.escape(line)}$", text, re.M), line
-    assert int(re.search(r"^LimitNOFILE=(\d+)$", text, re.M).group(1)) >= 4096  # type: ignore[union-attr]
+        assert setting(text, re.escape(line)), line
+    limit = setting(text, r"LimitNOFILE=(\d+)")
+    assert limit and int(limit.group(1)) >= 4096
 
 
 def test_timer_runs_retrain_weekly_with_catch_up() -> None:
     text = (UNITS / "filterd-retrain.timer").read_text()
-    assert re.search(r"^OnCalendar=weekly$", text, re.M)
-    assert re.search(r"^Persistent=true$", text, re.M)
-    assert re.search(r"^RandomizedDelaySec=\S+$", text, re.M)
+    assert setting(text, "OnCalendar=weekly")
+    assert setting(text, "Persistent=true")
+    assert setting(text, r"RandomizedDelaySec=\S+")
     service = (UNITS / "filterd-retrain.service").read_text()
-    assert re.search(r"^ExecStart=\S+/python -m export retrain -c /etc/filterd/config.yaml$",
-                     service, re.M)
-    assert re.search(r"^IOSchedulingClass=idle$", service, re.M)
+    assert setting(service, r"ExecStart=\S+/python -m export retrain -c /etc/filterd/config\.yaml")
+    assert setting(service, "IOSchedulingClass=idle")
