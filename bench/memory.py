@@ -1,0 +1,138 @@
+"""Memory bench: peak RSS of the daemon (all its processes) while a 30 MB message passes.
+
+    python -m bench.memory [--size-mb 30] [--targets filterd filterd-scored plain]
+
+Starts the server under test in front of smtp-sink, sends one message of `--size-mb` (a
+corpus message with a base64 attachment of random bytes, 76-character lines) over SMTP and,
+meanwhile, samples the resident memory (VmRSS) of every process in the server's process group
+every 5 ms. Reports the idle RSS, the peak of the summed RSS, and each process's own
+high-water mark (VmHWM). Targets:
+
+- `filterd`: the shipped config. 30 MB is above scoring.max_bytes (10 MB), so the message is
+  relayed unscored (X-Spam-Status: Skipped), the path a postmaster's default takes;
+- `filterd-scored`: the same with scoring.max_bytes raised above the message, so the text
+  pipeline and the chunked model see it too;
+- `plain`: bench/plain_relay.py, for comparison.
+
+The target is < 300 MB. Results go to bench/results/memory-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import smtplib
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bench import harness
+
+TARGET_MB = 300
+
+
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                pids.append(int(entry))
+    return pids
+
+
+def status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Sampler(threading.Thread):
+    """Sums VmRSS over the process group every 5 ms; keeps the peak."""
+
+    def __init__(self, pgid: int) -> None:
+        super().__init__(daemon=True)
+        self.pgid, self.peak_kb, self.stop = pgid, 0, threading.Event()
+
+    def run(self) -> None:
+        pids, listed = group_pids(self.pgid), time.monotonic()
+        while not self.stop.is_set():
+            if time.monotonic() - listed > 0.5:   # workers may come and go
+                pids, listed = group_pids(self.pgid), time.monotonic()
+            self.peak_kb = max(self.peak_kb, sum(status_kb(p, "VmRSS") for p in pids))
+            time.sleep(0.005)
+
+
+def big_message(size: int) -> bytes:
+    """A real corpus message's headers and text, plus a base64 attachment up to `size` bytes."""
+    raw = harness.sample_messages(1)[0][1].replace(b"\r\n", b"\n")
+    head, _, body = raw.partition(b"\n\n")
+    head = b"\n".join(line for line in head.split(b"\n")
+                      if not line.lower().startswith((b"content-type", b"mime-version",
+                                                      b"content-transfer-encoding", b" ", b"\t")))
+    boundary = b"=-bench-boundary-="
+    prefix = (head + b"\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\""
+              + boundary + b"\"\n\n--" + boundary + b"\nContent-Type: text/plain\n\n" + body
+              + b"\n--" + boundary + b"\nContent-Type: application/octet-stream\n"
+              + b"Content-Transfer-Encoding: base64\n\n")
+    suffix = b"\n--" + boundary + b"--\n"
+    payload = base64.encodebytes(os.urandom((size - len(prefix) - len(suffix)) * 57 // 77))
+    return (prefix + payload + suffix).replace(b"\n", b"\r\n")
+
+
+def measure(name: str, port: int, pgid: int, message: bytes) -> dict[str, object]:
+    time.sleep(0.5)
+    pids = group_pids(pgid)
+    idle_kb = sum(status_kb(p, "VmRSS") for p in pids)
+    sampler = Sampler(pgid)
+    sampler.start()
+    start = time.perf_counter()
+    with smtplib.SMTP("127.0.0.1", port, timeout=300) as client:
+        refused = client.sendmail("big@bench.example", ["sink@bench.example"], message)
+    seconds = time.perf_counter() - start
+    time.sleep(0.2)
+    sampler.stop.set()
+    sampler.join()
+    hwm = {pid: round(status_kb(pid, "VmHWM") / 1024, 1) for pid in group_pids(pgid)}
+    row = {"target": name, "message_mb": round(len(message) / 2**20, 1), "refused": refused,
+           "seconds": round(seconds, 2), "processes": len(pids),
+           "idle_rss_mb": round(idle_kb / 1024, 1),
+           "peak_rss_mb": round(sampler.peak_kb / 1024, 1), "vmhwm_mb": hwm,
+           "under_target": sampler.peak_kb / 1024 < TARGET_MB}
+    print(f"{name:>15}: idle {row['idle_rss_mb']} MB, peak {row['peak_rss_mb']} MB "
+          f"({len(pids)} processes, HWM {hwm}) in {row['seconds']} s", flush=True)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=float, default=30)
+    parser.add_argument("--targets", nargs="+", default=["filterd", "filterd-scored", "plain"])
+    args = parser.parse_args()
+    message = big_message(int(args.size_mb * 2**20))
+    rows = []
+    with harness.smtp_sink() as sink:
+        for name in args.targets:
+            if name == "plain":
+                with harness.plain_relay(sink) as (port, proc):
+                    rows.append(measure(name, port, proc.pid, message))
+                continue
+            overrides = {"scoring.max_bytes": len(message) + 1} if name == "filterd-scored" else {}
+            with harness.filterd(sink, **overrides) as (port, proc):
+                rows.append(measure(name, port, proc.pid, message))
+    harness.write_results("memory", {"machine": harness.machine(), "args": vars(args),
+                                     "runs": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
