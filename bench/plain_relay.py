@@ -1,7 +1,7 @@
 """The baseline for bench/e2e.py: an SMTP relay that does everything filterd does except scoring.
 
 aiosmtpd in, aiosmtplib out, next-hop connections pooled and reused across messages (as
-filterd's relay does, `relay.pool_size` per worker), optionally several worker processes
+filterd's relay does: one per message in flight, `relay.pool_size` kept idle per worker), optionally several worker processes
 sharing the listening port with SO_REUSEPORT (as filterd's `workers`). The reply to the final
 dot is the next hop's own, so a message is acknowledged only after the next hop took it.
 
@@ -26,12 +26,15 @@ MAX_SIZE = 52428800  # filterd's default max_message_size
 
 
 class Pool:
-    """Up to `size` connected aiosmtplib clients, handed out one message at a time."""
+    """Connected aiosmtplib clients, one per message in flight; up to `size` kept when idle.
+
+    This is filterd's relay policy (filterd/relay.py): no cap on connections in use, LIFO
+    reuse, idle connections beyond `size` closed.
+    """
 
     def __init__(self, host: str, port: int, size: int) -> None:
-        self.host, self.port = host, port
+        self.host, self.port, self.size = host, port, size
         self.idle: list[aiosmtplib.SMTP] = []
-        self.slots = asyncio.Semaphore(size)
 
     async def _take(self) -> aiosmtplib.SMTP:
         while self.idle:
@@ -46,23 +49,24 @@ class Pool:
 
     async def send(self, sender: str, rcpts: list[str], data: bytes,
                    mail_options: list[str]) -> str:
-        async with self.slots:
-            client: aiosmtplib.SMTP | None = None
-            try:
-                client = await self._take()
-                errors, reply = await client.sendmail(sender, rcpts, data,
-                                                      mail_options=mail_options)
-            except aiosmtplib.SMTPResponseException as exc:
-                # The bench never gets here; drop the connection to keep the error path simple.
-                if client is not None:
-                    client.close()
-                return f"{exc.code} {exc.message}"
-            except (aiosmtplib.SMTPException, OSError):
-                if client is not None:
-                    client.close()
-                return "451 4.4.1 next hop unavailable"
+        client: aiosmtplib.SMTP | None = None
+        try:
+            client = await self._take()
+            errors, reply = await client.sendmail(sender, rcpts, data, mail_options=mail_options)
+        except aiosmtplib.SMTPResponseException as exc:
+            # The bench never gets here; drop the connection to keep the error path simple.
+            if client is not None:
+                client.close()
+            return f"{exc.code} {exc.message}"
+        except (aiosmtplib.SMTPException, OSError):
+            if client is not None:
+                client.close()
+            return "451 4.4.1 next hop unavailable"
+        if len(self.idle) < self.size:
             self.idle.append(client)
-            return f"250 {reply}" if errors == {} else "250 accepted for some recipients"
+        else:
+            client.close()
+        return f"250 {reply}" if errors == {} else "250 accepted for some recipients"
 
 
 class RelayHandler:
