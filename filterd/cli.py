@@ -11,6 +11,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the SMTP filter in the foreground")
     serve.add_argument("-c", "--config", default="config.yaml")
+    # Set by the supervisor for its worker processes (workers > 1); not for people.
+    for name in ("--worker", "--listen-fd", "--channel-fd"):
+        serve.add_argument(name, type=int, default=None, help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate a config file and its model")
     check.add_argument("-c", "--config", default="config.yaml")
     classify = sub.add_parser("classify", help="score message files, folders or - (stdin)")

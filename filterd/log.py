@@ -31,7 +31,7 @@ def under_journald(stream: object = None) -> bool:
     value = os.environ.get("JOURNAL_STREAM", "")
     try:
         dev, ino = (int(part) for part in value.split(":"))
-        st = os.fstat((stream or sys.stderr).fileno())  # type: ignore[attr-defined]
+        st = os.fstat((stream or sys.stderr).fileno())  # type: ignore[union-attr]
     except (ValueError, OSError, AttributeError):
         return False
     return (st.st_dev, st.st_ino) == (dev, ino)

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+import logging
+from collections.abc import Callable
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    start_http_server,
+)
+
+log = logging.getLogger(__name__)
 
 # Score buckets are finer near both ends, where the thresholds live.
 _SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -28,3 +41,28 @@ NEXT_HOP_ERRORS = Counter(
 IN_FLIGHT = Gauge("filterd_sessions_in_flight", "Open SMTP sessions", multiprocess_mode="livesum")
 MODEL = Info("filterd_model", "The model being served")
 RELOADS = Counter("filterd_reloads", "Config/model reloads, by result", ["result"])  # ok | failed
+
+
+def serve(address: str | None, registry: CollectorRegistry = REGISTRY) -> Callable[[], None]:
+    """Start the HTTP endpoint (a thread) at "host:port"; returns its stop function.
+
+    A metrics endpoint that cannot listen is logged and left off: mail keeps flowing.
+    """
+    if address is None:
+        return lambda: None
+    from filterd.config import split_hostport
+
+    host, port = split_hostport(address)
+    try:
+        server, thread = start_http_server(port, host, registry=registry)
+    except OSError as exc:
+        log.error("metrics endpoint off: cannot listen on %s: %s", address, exc)
+        return lambda: None
+    log.info("metrics on http://%s:%d/metrics", *server.server_address[:2])
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop

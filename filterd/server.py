@@ -1,0 +1,300 @@
+"""Lifecycle of `filterd serve`: build the parts, serve, reload on SIGHUP, drain on SIGTERM.
+
+One process (`workers: 1`) runs Daemon.amain() directly. With more workers, a supervisor
+(filterd/supervisor.py) owns the listening socket, systemd's notify socket and the metrics
+endpoint, and runs this same Daemon in each worker process on the socket it inherits.
+
+Parts are built in dependency order (executor, batcher, relay, handler, listener) and
+stopped in reverse, so the listener stops accepting and sessions drain while the relay and
+the model are still there to finish their transactions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import socket
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from typing import Any
+
+from filterd import log as logsetup
+from filterd import metrics
+from filterd.config import Config, load_config, load_scorer, split_hostport
+from filterd.errors import ConfigError
+from filterd.notify import Notifier
+
+log = logging.getLogger(__name__)
+
+# Keys read once when a part is built; a reload keeps their old values and says so.
+RESTART_KEYS = ("listen", "workers", "metrics", "next_hop", "relay",
+                "timeouts.next_hop_connect", "timeouts.next_hop")
+S421_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, try again later\r\n"
+try:  # the reply lives in replies.py (SMTP path); keep working while it is being written
+    from filterd.replies import S421_SHUTTING_DOWN as _REPLY
+    S421_SHUTTING_DOWN = _REPLY.encode() + b"\r\n"
+except ImportError:  # pragma: no cover
+    pass
+
+
+def _get(config: Config, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def pin_restart_keys(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """`new` with the old values of keys a reload cannot apply, and a note per changed key."""
+    notes = [f"{key} changed ({_get(old, key)!r} -> {_get(new, key)!r}): restart filterd to apply it"
+             for key in RESTART_KEYS if _get(old, key) != _get(new, key)]
+    timeouts = dataclasses.replace(new.timeouts, next_hop_connect=old.timeouts.next_hop_connect,
+                                   next_hop=old.timeouts.next_hop)
+    pinned = dataclasses.replace(new, listen=old.listen, workers=old.workers, metrics=old.metrics,
+                                 next_hop=old.next_hop, relay=old.relay, timeouts=timeouts)
+    return pinned, notes
+
+
+def format_address(sockname: tuple) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def in_transaction(session: Any) -> bool:
+    """A session between MAIL FROM and the reply to its final dot (aiosmtpd resets the envelope then)."""
+    return session.envelope is not None and session.envelope.mail_from is not None
+
+
+def is_open(session: Any) -> bool:
+    return session.transport is not None and not session.transport.is_closing()
+
+
+def close_421(session: Any) -> None:
+    """RFC 5321 section 3.8: a server that must shut down answers 421 and closes."""
+    if is_open(session):
+        session.transport.write(S421_SHUTTING_DOWN)
+        session.transport.close()
+
+
+class Daemon:
+    """One serving process: the parts, the sessions, signals, reload and drain.
+
+    `report(event, text)` goes to the supervisor in a worker; standalone it logs and
+    notifies systemd. `sock` is an already bound listening socket (worker) or None.
+    """
+
+    def __init__(self, config_path: str, config: Config, *, sock: socket.socket | None = None,
+                 report: Callable[[str, str], None] | None = None) -> None:
+        self.config_path, self.config, self.sock = config_path, config, sock
+        self.standalone = report is None
+        self.notifier = Notifier() if report is None else Notifier(address="")
+        self.report = report or self._report
+        self.sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.stopping = asyncio.Event()
+        self.forced = asyncio.Event()
+        self.reload_lock = asyncio.Lock()
+        self.address = ""
+        self.handler: Any = None
+        self.batcher: Any = None
+        self.executor: ThreadPoolExecutor | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # --- building and stopping ------------------------------------------------------------
+
+    async def amain(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._add_signals()
+        try:
+            scorer = await loop.run_in_executor(None, load_scorer, self.config)
+        except ConfigError as exc:
+            self.report("failed", f"cannot start: {exc}")
+            self._remove_signals()
+            return 1
+        async with AsyncExitStack() as stack:
+            self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="filterd-score")
+            stack.callback(self.executor.shutdown, wait=False, cancel_futures=True)
+            self.batcher = await self._start_batcher(self.config, scorer)
+            stack.push_async_callback(lambda: self.batcher.stop())
+            relay = await self._start_relay(stack)
+            from filterd.handler import FilterHandler, smtp_factory
+
+            self.handler = FilterHandler(self.config, self.batcher, relay)
+            try:
+                server = await self._listen(smtp_factory(self.config, self.handler))
+            except OSError as exc:
+                self.report("failed", f"cannot listen on {self.config.listen}: {exc}")
+                self._remove_signals()
+                return 1
+            stack.push_async_callback(self._drain, server)
+            if self.standalone:
+                stack.callback(metrics.serve(self.config.metrics))
+            stack.callback(self._remove_signals)
+            self.report("ready", f"{scorer.version}\t{scorer.provider}\t{self.address}")
+            await self.stopping.wait()
+        return 0
+
+    async def _start_batcher(self, config: Config, scorer: Any) -> Any:
+        from filterd.batcher import Batcher
+
+        batcher = Batcher(scorer, config.scoring.max_batch, config.scoring.max_wait_ms,
+                          self.executor)
+        await batcher.start()
+        return batcher
+
+    async def _start_relay(self, stack: AsyncExitStack) -> Any:
+        from filterd.relay import Relay
+
+        relay = Relay(self.config)
+        await relay.start()
+        stack.push_async_callback(relay.stop)
+        return relay
+
+    async def _listen(self, factory: Callable[[], Any]) -> asyncio.Server:
+        def tracked() -> Any:
+            session = factory()
+            self.sessions.add(session)
+            return session
+
+        loop = asyncio.get_running_loop()
+        if self.sock is not None:
+            server = await loop.create_server(tracked, sock=self.sock)
+        else:
+            host, port = split_hostport(self.config.listen)
+            server = await loop.create_server(tracked, host, port, reuse_address=True,
+                                              backlog=1024)
+        self.address = ", ".join(format_address(s.getsockname()) for s in server.sockets)
+        return server
+
+    async def _drain(self, server: asyncio.Server) -> None:
+        """Stop accepting; close idle sessions at once and busy ones when their transaction
+        ends, or at timeouts.shutdown, always with a 421 (never a silent drop)."""
+        server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeouts.shutdown
+        busy = [s for s in self.sessions if is_open(s)]
+        log.info("stopped accepting; %d session(s) open, %d in a transaction", len(busy),
+                 sum(map(in_transaction, busy)))
+        while busy and loop.time() < deadline and not self.forced.is_set():
+            for session in busy:
+                if not in_transaction(session):
+                    close_421(session)
+            busy = [s for s in busy if is_open(s)]
+            if busy:
+                await asyncio.sleep(0.05)
+        for session in busy:
+            log.warning("shutdown: closing a session still in a transaction with 421")
+            close_421(session)
+        await asyncio.sleep(0.1)  # let connection_lost run and the session tasks unwind
+        tasks = list(self._retiring)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- signals -------------------------------------------------------------------------
+
+    def _add_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    def stop(self) -> None:
+        """First call: drain gracefully. Second call: close everything with 421 now."""
+        if self.stopping.is_set():
+            log.warning("second stop signal: closing all sessions with 421 now")
+            self.forced.set()
+            return
+        self.notifier.stopping()
+        log.info("stopping (up to %gs for transactions in flight)", self.config.timeouts.shutdown)
+        self.stopping.set()
+
+    def _on_hup(self) -> None:
+        if self.handler is None:
+            log.warning("SIGHUP ignored: still starting")
+        elif not self.stopping.is_set():
+            task = asyncio.get_running_loop().create_task(self.reload())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    # --- reload --------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        async with self.reload_lock:
+            self.notifier.reloading()
+            try:
+                config, notes = pin_restart_keys(self.config, load_config(self.config_path))
+                scorer = await asyncio.get_running_loop().run_in_executor(None, load_scorer, config)
+            except ConfigError as exc:
+                self.report("refused", str(exc))
+                return
+            for note in notes:
+                log.warning("reload: %s", note)
+            batcher = await self._start_batcher(config, scorer)
+            old, in_flight = self.batcher, self._transactions()
+            self.handler.reconfigure(config, batcher)
+            self.config, self.batcher = config, batcher
+            logsetup.set_level(config.log.level)
+            self.report("reloaded", f"{scorer.version}\t{scorer.provider}")
+            task = asyncio.get_running_loop().create_task(self._retire(old, in_flight))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    def _transactions(self) -> dict[Any, Any]:
+        return {s: s.envelope for s in self.sessions if is_open(s) and in_transaction(s)}
+
+    async def _retire(self, batcher: Any, in_flight: dict[Any, Any]) -> None:
+        """Stop the old batcher once the transactions that started on it have finished."""
+        try:
+            while any(is_open(s) and s.envelope is env for s, env in in_flight.items()):
+                await asyncio.sleep(0.1)
+        finally:
+            await batcher.stop()
+
+    def _report(self, event: str, text: str) -> None:
+        """Standalone: what a worker would tell its supervisor goes to the log and systemd."""
+        fields = text.split("\t")
+        if event in ("ready", "reloaded"):
+            metrics.MODEL.info({"version": fields[0], "provider": fields[1]})
+        if event == "ready":
+            log.info("ready: listening on %s, model %s on %s", fields[2], fields[0], fields[1])
+            self.notifier.ready(f"listening on {fields[2]}, model {fields[0]}")
+        elif event == "reloaded":
+            metrics.RELOADS.labels("ok").inc()
+            log.info("reloaded: model %s on %s", fields[0], fields[1])
+            self.notifier.ready(f"reloaded, model {fields[0]}")
+        elif event == "refused":
+            metrics.RELOADS.labels("failed").inc()
+            log.error("reload refused, still serving the previous config and model: %s", text)
+            self.notifier.ready("reload refused, see the log")
+        else:
+            log.error("%s", text)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`filterd serve -c FILE`: 0 after a graceful stop, 1 on a runtime error, 2 on a bad config."""
+    logsetup.setup("info", tag=f"worker {args.worker}" if args.worker is not None else "")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        log.error("%s: %s", args.config, exc)
+        return 2
+    logsetup.set_level(config.log.level)
+    if args.worker is not None:
+        from filterd.supervisor import run_worker
+
+        return run_worker(args, config)
+    if config.worker_count() > 1:
+        from filterd.supervisor import Supervisor
+
+        return asyncio.run(Supervisor(args.config, config).amain())
+    return asyncio.run(Daemon(args.config, config).amain())

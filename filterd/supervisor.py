@@ -1,0 +1,240 @@
+"""`workers: N > 1`: a supervisor process and N worker processes sharing one listening socket.
+
+The supervisor binds the listening socket once (so `listen: host:0` works too) and starts
+each worker as `python -m filterd serve --worker I --listen-fd FD --channel-fd FD`; the
+kernel hands each new connection to whichever worker accepts it first, so both cores work.
+Each worker runs the ordinary Daemon (server.py) on the inherited socket and loads its own
+copy of the model.
+
+The supervisor is the only process systemd hears from (NotifyAccess=main): workers report
+over a socketpair, one tab-separated line per event (ready, reloaded, refused, failed), and
+the supervisor logs each outcome once and sends READY/RELOADING/STOPPING. Signals reach the
+workers through it: SIGHUP and SIGTERM are forwarded. It also serves the metrics, summed
+over the workers with prometheus-client's multiprocess mode (a directory of mmap files
+named by PROMETHEUS_MULTIPROC_DIR, set only for the workers). A worker whose supervisor
+has gone (its channel reads EOF) stops as if it got SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, multiprocess
+
+from filterd import metrics
+from filterd.config import Config, load_config, split_hostport
+from filterd.errors import ConfigError
+from filterd.notify import Notifier
+from filterd.server import Daemon, format_address, pin_restart_keys
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT = 300.0   # seconds a worker may take to load and warm up the model
+
+
+@dataclass
+class Worker:
+    index: int
+    proc: asyncio.subprocess.Process
+    reader: asyncio.StreamReader
+    events: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
+
+    async def pump(self) -> None:
+        """Channel lines → events; EOF (the worker exited) → ("exited", "")."""
+        while line := await self.reader.readline():
+            event, _, text = line.decode(errors="replace").rstrip("\n").partition("\t")
+            await self.events.put((event, text))
+        await self.events.put(("exited", ""))
+
+
+class Supervisor:
+    def __init__(self, config_path: str, config: Config) -> None:
+        self.config_path, self.config = config_path, config
+        self.notifier = Notifier()
+        self.workers: list[Worker] = []
+        self.stopping = False
+        self.metrics_dir = tempfile.mkdtemp(prefix="filterd-metrics-")
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def amain(self) -> int:
+        try:
+            sock = self._bind()
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", self.config.listen, exc)
+            return 1
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)
+        registry.register(metrics.MODEL)
+        registry.register(metrics.RELOADS)
+        stop_metrics = metrics.serve(self.config.metrics, registry)
+        try:
+            return await self._serve(sock)
+        finally:
+            stop_metrics()
+            sock.close()
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def _bind(self) -> socket.socket:
+        host, port = split_hostport(self.config.listen)
+        family, _type, _proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.create_server(address, family=family, backlog=1024)
+        sock.set_inheritable(True)
+        return sock
+
+    async def _serve(self, sock: socket.socket) -> int:
+        address = format_address(sock.getsockname())
+        count = self.config.worker_count()
+        self.workers = [await self._spawn(i, sock) for i in range(1, count + 1)]
+        results = await asyncio.gather(*(self._expect(w, "ready", STARTUP_TIMEOUT)
+                                         for w in self.workers))
+        failed = [text for event, text in results if event != "ready"]
+        if failed:
+            log.error("%s", failed[0] or "a worker exited while starting")
+            await self._terminate()
+            return 1
+        version, provider = results[0][1].split("\t")[:2]
+        metrics.MODEL.info({"version": version, "provider": provider})
+        log.info("ready: listening on %s, %d workers, model %s on %s", address, count,
+                 version, provider)
+        self.notifier.ready(f"listening on {address}, {count} workers, model {version}")
+        return await self._supervise()
+
+    async def _spawn(self, index: int, sock: socket.socket) -> Worker:
+        ours, theirs = socket.socketpair()
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "filterd", "serve", "-c", self.config_path,
+            "--worker", str(index), "--listen-fd", str(sock.fileno()),
+            "--channel-fd", str(theirs.fileno()),
+            pass_fds=(sock.fileno(), theirs.fileno()), env=env, stdin=asyncio.subprocess.DEVNULL)
+        theirs.close()
+        reader, _writer = await asyncio.open_connection(sock=ours)
+        worker = Worker(index, proc, reader)
+        self._task(worker.pump())
+        return worker
+
+    def _task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expect(self, worker: Worker, wanted: str, timeout: float) -> tuple[str, str]:
+        """The next event from `worker` (skipping none); ("timeout", ...) if none comes in time."""
+        try:
+            event, text = await asyncio.wait_for(worker.events.get(), timeout)
+        except TimeoutError:
+            return "timeout", f"worker {worker.index} did not answer in {timeout:g}s"
+        if event == "exited":
+            return event, f"worker {worker.index} exited with status {await worker.proc.wait()}"
+        return event, text
+
+    async def _supervise(self) -> int:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, self._stop, done)
+        loop.add_signal_handler(signal.SIGINT, self._stop, done)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._task(self._reload()))
+        exits = [loop.create_task(w.proc.wait()) for w in self.workers]
+        await asyncio.wait([*exits, loop.create_task(done.wait())],
+                                      return_when=asyncio.FIRST_COMPLETED)
+        if not self.stopping:
+            log.error("a worker exited unexpectedly; stopping the others")
+            self._stop(done)
+        codes = await asyncio.gather(*exits)
+        for worker in self.workers:
+            multiprocess.mark_process_dead(worker.proc.pid, self.metrics_dir)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return 0 if all(code == 0 for code in codes) else 1
+
+    def _stop(self, done: asyncio.Event) -> None:
+        """Forward the stop to the workers; a second one makes them cut their sessions now."""
+        if not self.stopping:
+            self.notifier.stopping()
+            log.info("stopping %d workers", len(self.workers))
+        self.stopping = True
+        done.set()
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: int) -> None:
+        for worker in self.workers:
+            if worker.proc.returncode is None:
+                worker.proc.send_signal(sig)
+
+    async def _terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+        await asyncio.gather(*(w.proc.wait() for w in self.workers))
+
+    async def _reload(self) -> None:
+        if self.stopping:
+            return
+        self.notifier.reloading()
+        try:
+            config, notes = pin_restart_keys(self.config, load_config(self.config_path))
+        except ConfigError as exc:
+            self._refused(str(exc))
+            return
+        for note in notes:
+            log.warning("reload: %s", note)
+        self._signal(signal.SIGHUP)
+        results = await asyncio.gather(*(self._expect(w, "reloaded", STARTUP_TIMEOUT)
+                                         for w in self.workers))
+        refused = [text for event, text in results if event != "reloaded"]
+        if refused:
+            self._refused(refused[0])
+            return
+        self.config = config
+        version, provider = results[0][1].split("\t")[:2]
+        metrics.MODEL.info({"version": version, "provider": provider})
+        metrics.RELOADS.labels("ok").inc()
+        log.info("reloaded: model %s on %s", version, provider)
+        self.notifier.ready(f"reloaded, model {version}")
+
+    def _refused(self, why: str) -> None:
+        metrics.RELOADS.labels("failed").inc()
+        log.error("reload refused, still serving the previous config and model: %s", why)
+        self.notifier.ready("reload refused, see the log")
+
+
+def run_worker(args: argparse.Namespace, config: Config) -> int:
+    """One worker: the Daemon on the inherited socket, reporting over the channel."""
+    sock = socket.socket(fileno=args.listen_fd)
+    channel = socket.socket(fileno=args.channel_fd)
+    return asyncio.run(_worker_main(args, config, sock, channel))
+
+
+async def _worker_main(args: argparse.Namespace, config: Config, sock: socket.socket,
+                       channel: socket.socket) -> int:
+    reader, writer = await asyncio.open_connection(sock=channel)
+
+    def report(event: str, text: str) -> None:
+        log.debug("reporting %s: %s", event, text)
+        writer.write(f"{event}\t{text}\n".encode())
+
+    daemon = Daemon(args.config, config, sock=sock, report=report)
+
+    async def watch_supervisor() -> None:
+        await reader.read()   # returns at EOF: the supervisor is gone
+        log.warning("supervisor gone; stopping")
+        daemon.stop()
+
+    watcher = asyncio.get_running_loop().create_task(watch_supervisor())
+    try:
+        return await daemon.amain()
+    finally:
+        watcher.cancel()
+        writer.close()
