@@ -1,0 +1,91 @@
+"""Our verdict headers: neutralise forged X-Spam-* headers, prepend ours, change nothing else.
+
+A message leaves filterd byte-identical to how it came in except for:
+
+* our headers, prepended at the top (X-Spam-Flag, X-Spam-Score, X-Spam-Status);
+* incoming `X-Spam-*` headers in the header section renamed to `X-Spam-Untrusted-*`,
+  so that a sender cannot forge a verdict but the postmaster can still see what came in;
+* optionally, a prefix inserted at the start of the Subject of flagged messages.
+
+We work on bytes and only look at the header section (up to the first empty line,
+RFC 5322 section 2.1); the body is never copied line by line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# A header field that starts with X-Spam- (any case), not one we already renamed.
+# Only lines at the start of a field: continuation lines begin with WSP (RFC 5322 2.2.3).
+_FORGED = re.compile(rb"^(X-Spam-)(?!Untrusted-)(?=[!-9;-~]*[ \t]*:)", re.I | re.M)
+_SUBJECT = re.compile(rb"^Subject[ \t]*:[ \t]?", re.I | re.M)
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_UNSAFE = re.compile(r"[^!-~]")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What we say about one message; `score` is None when it was not scored."""
+
+    status: str                  # "Yes" | "No" | "Skipped" | "Unknown"
+    score: float | None = None
+    tag: float | None = None
+    reject: float | None = None
+    model: str = ""
+
+    @property
+    def flagged(self) -> bool:
+        return self.status == "Yes"
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.3f}"
+
+
+def render(verdict: Verdict) -> bytes:
+    """The header block we prepend, CRLF-terminated lines (SMTP DATA is CRLF, RFC 5321 2.3.8)."""
+    flag = b"YES" if verdict.flagged else b"NO"
+    lines = [b"X-Spam-Flag: " + flag + b"\r\n"]
+    if verdict.score is None:
+        lines.append(f"X-Spam-Status: {verdict.status}\r\n".encode("ascii"))
+    else:
+        model = _UNSAFE.sub("_", verdict.model) or "unknown"
+        lines.append(f"X-Spam-Score: {verdict.score:.3f}\r\n".encode("ascii"))
+        lines.append(
+            f"X-Spam-Status: {verdict.status}, score={verdict.score:.3f} "
+            f"tag={_fmt(verdict.tag)} reject={_fmt(verdict.reject)} model={model}\r\n"
+            .encode("ascii")
+        )
+    return b"".join(lines)
+
+
+def header_end(data: bytes) -> int:
+    """Offset of the empty line that ends the header section (len(data) if there is none)."""
+    if data.startswith(b"\r\n") or data.startswith(b"\n"):
+        return 0
+    match = _HEAD_END.search(data)
+    return match.start() + 1 if match else len(data)
+
+
+def tag(data: bytes, verdict: Verdict, subject_prefix: str | None = None) -> bytes:
+    """Return `data` with forged headers renamed and ours prepended; the body is untouched."""
+    end = header_end(data)
+    head = data[:end]
+    new_head = _FORGED.sub(rb"X-Spam-Untrusted-", head)
+    if subject_prefix and verdict.flagged:
+        new_head = _prefix_subject(new_head, subject_prefix.encode("utf-8"))
+    ours = render(verdict)
+    if new_head is head:
+        # Nothing to rewrite in the header section: one concatenation, no slicing copy.
+        return ours + data
+    return b"".join((ours, new_head, data[end:]))
+
+
+def _prefix_subject(head: bytes, prefix: bytes) -> bytes:
+    match = _SUBJECT.search(head)
+    if match is None:
+        return b"Subject: " + prefix.rstrip() + b"\r\n" + head
+    if head.startswith(prefix, match.end()):
+        return head  # already prefixed (e.g. it passed through us twice)
+    return head[: match.end()] + prefix + head[match.end():]

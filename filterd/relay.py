@@ -1,0 +1,301 @@
+"""Next-hop delivery with aiosmtplib over a small pool of reused connections.
+
+filterd relays like Postfix's own before-queue proxy (SMTPD_PROXY_README): a session
+takes a next-hop connection at MAIL FROM and passes MAIL and each RCPT on as it gets
+them, so every recipient gets the next hop's own reply (RFC 5321 section 3.3) and the
+MTA handles per-recipient results itself. DATA is sent once the verdict is known; the
+client gets 250 only after the next hop said 250 to the final dot.
+
+We send DATA content ourselves rather than with aiosmtplib's `data()`: that one rewrites
+bare CR and LF to CRLF and dot-stuffs after bare LF too, and we promise byte-identical
+relaying of what aiosmtpd received (dot-stuffing is undone by aiosmtpd on CRLF lines
+only, RFC 5321 section 4.5.2, so we redo it on CRLF lines only).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import aiosmtplib
+
+from filterd import metrics, replies
+from filterd.smtpd import greeting_name
+
+log = logging.getLogger(__name__)
+
+IDLE_MAX_S = 30.0        # drop pooled connections idle longer (Postfix smtpd times out at 300 s)
+SIZE_SLACK = 512         # our headers make the message a little larger than declared
+_XFORWARD_LINE = 400     # bytes of attributes per XFORWARD command (Postfix keeps them < 512)
+
+# MAIL/RCPT parameters and the EHLO keyword the next hop must show before we pass them on.
+_NEEDS = {"SIZE": "size", "BODY": "8bitmime", "SMTPUTF8": "smtputf8", "RET": "dsn",
+          "ENVID": "dsn", "NOTIFY": "dsn", "ORCPT": "dsn"}
+
+
+class Reply(NamedTuple):
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        lines = _printable(self.text).split("\n") or [""]
+        head = [f"{self.code}-{line}" for line in lines[:-1]]
+        return "\r\n".join([*head, f"{self.code} {lines[-1]}"])
+
+
+@dataclass
+class RelayResult:
+    """The outcome of one whole relay (`Relay.send`)."""
+
+    reply: str                                  # what to answer the client's final dot
+    accepted: list[str] = field(default_factory=list)
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.reply.startswith("2")
+
+
+def parse_hostport(value: Any) -> tuple[str, int]:
+    """"host:port" or "[v6]:port" (or an already split pair) → (host, port)."""
+    if isinstance(value, (tuple, list)):
+        return str(value[0]), int(value[1])
+    host, _, port = str(value).rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if " " <= c <= "~" or c == "\n" else "?" for c in text)
+
+
+def _addr(address: str) -> bytes:
+    # aiosmtpd decodes arguments as UTF-8 with surrogateescape: this gives the original bytes.
+    return b"<" + address.encode("utf-8", "surrogateescape") + b">"
+
+
+class Relay:
+    """Pooled aiosmtplib connections to `config.next_hop`."""
+
+    def __init__(self, config: Any) -> None:
+        self.host, self.port = parse_hostport(config.next_hop)
+        self.connect_timeout = float(config.timeouts.next_hop_connect)
+        self.timeout = float(config.timeouts.next_hop)
+        self.pool_size = int(config.relay.pool_size)
+        self.helo_name = greeting_name(config)
+        self._idle: list[tuple[float, aiosmtplib.SMTP]] = []
+
+    async def start(self) -> None:
+        """Nothing to do up front: connections are made on demand and then reused."""
+
+    async def stop(self) -> None:
+        idle, self._idle = self._idle, []
+        for _, smtp in idle:
+            smtp.close()
+
+    async def open(self, xforward: dict[str, str] | None = None) -> Transaction:
+        """A transaction on a pooled (or fresh) connection; never raises, failures become replies."""
+        return Transaction(self, xforward or {})
+
+    async def send(self, envelope: Any, data: bytes) -> RelayResult:
+        """Relay a whole message at once (mail_from, rcpt_tos, mail_options of `envelope`)."""
+        txn = await self.open(getattr(envelope, "xforward", None))
+        reply = await txn.mail(envelope.mail_from, list(envelope.mail_options))
+        if not reply.startswith("2"):
+            return RelayResult(reply)
+        result = RelayResult(reply)
+        for rcpt in envelope.rcpt_tos:
+            result.rcpt_replies[rcpt] = await txn.rcpt(rcpt, [])
+            if result.rcpt_replies[rcpt].startswith("2"):
+                result.accepted.append(rcpt)
+        if not result.accepted:
+            await txn.abort()
+            result.reply = next(iter(result.rcpt_replies.values()), replies.S451_INTERNAL_ERROR)
+            return result
+        result.reply = await txn.data(data)
+        return result
+
+    # The pool. LIFO so that the busiest connections stay warm and idle ones age out.
+
+    async def _checkout(self) -> tuple[aiosmtplib.SMTP, bool]:
+        now = time.monotonic()
+        while self._idle:
+            since, smtp = self._idle.pop()
+            if smtp.is_connected and now - since < IDLE_MAX_S:
+                return smtp, True
+            smtp.close()
+        smtp = aiosmtplib.SMTP(
+            hostname=self.host, port=self.port, timeout=self.timeout,
+            local_hostname=self.helo_name, start_tls=False, use_tls=False,
+        )
+        await smtp.connect(timeout=self.connect_timeout)
+        await smtp.ehlo()
+        return smtp, False
+
+    def _release(self, smtp: aiosmtplib.SMTP) -> None:
+        if smtp.is_connected and len(self._idle) < self.pool_size:
+            self._idle.append((time.monotonic(), smtp))
+        else:
+            smtp.close()
+
+
+class Transaction:
+    """One mail transaction on the next hop. Every method returns the reply for our client."""
+
+    def __init__(self, relay: Relay, xforward: dict[str, str]) -> None:
+        self.relay = relay
+        self.xforward = xforward
+        self.smtp: aiosmtplib.SMTP | None = None
+        self.failed: str | None = None
+        self.last_reply = ""
+
+    async def mail(self, sender: str, params: list[str]) -> str:
+        for attempt in (1, 2):
+            reused = await self._connect()
+            if self.smtp is None:
+                return self.failed or replies.S451_NEXT_HOP_UNREACHABLE
+            reply = await self._command(b"MAIL", b"FROM:" + _addr(sender), *self._params(params))
+            # A pooled connection the next hop closed while idle: retry once on a fresh one.
+            if reused and attempt == 1 and self.failed == replies.S451_NEXT_HOP_LOST:
+                self.failed = None
+                continue
+            break
+        if not reply.startswith("2"):
+            self.close()
+        return reply
+
+    async def rcpt(self, recipient: str, params: list[str]) -> str:
+        return await self._command(b"RCPT", b"TO:" + _addr(recipient), *self._params(params))
+
+    async def data(self, message: bytes) -> str:
+        """DATA, the dot-stuffed message, the final dot; then the connection goes back to the pool."""
+        reply = await self._command(b"DATA", expect=354)
+        if self.failed or not reply.startswith("3"):
+            self.close()
+            return self.failed or reply
+        assert self.smtp is not None and self.smtp.protocol is not None
+        proto = self.smtp.protocol
+        try:
+            proto.write(stuff(message))
+            proto.write(b".\r\n")
+            response = await proto.read_response(timeout=self.relay.timeout)
+        except Exception as exc:  # noqa: BLE001 - every transport failure maps to a 451
+            self._fail(exc)
+            self.close()
+            return self.failed or replies.S451_NEXT_HOP_LOST
+        return self._finish(response)
+
+    async def abort(self) -> None:
+        """RSET the next hop and return the connection to the pool (the client's RSET, a reject)."""
+        if self.smtp is None:
+            return
+        reply = await self._command(b"RSET")
+        if reply.startswith("2") and not self.failed:
+            smtp, self.smtp = self.smtp, None
+            self.relay._release(smtp)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """Drop the connection without ceremony (client vanished, failure)."""
+        if self.smtp is not None:
+            self.smtp.close()
+            self.smtp = None
+
+    # Internals.
+
+    async def _connect(self) -> bool:
+        try:
+            self.smtp, reused = await self.relay._checkout()
+        except Exception as exc:  # noqa: BLE001 - refused, unreachable, greeting 4xx/5xx, timeout
+            log.warning("next hop %s:%s unreachable: %s", self.relay.host, self.relay.port, exc)
+            metrics.NEXT_HOP_ERRORS.labels("connect").inc()
+            self.failed = replies.S451_NEXT_HOP_UNREACHABLE
+            self.smtp = None
+            return False
+        if self.xforward and self.smtp.supports_extension("xforward"):
+            await self._send_xforward()
+        return reused
+
+    async def _send_xforward(self) -> None:
+        assert self.smtp is not None
+        allowed = set(self.smtp.esmtp_extensions.get("xforward", "").upper().split())
+        items = [f"{k}={v}".encode("ascii", "replace") for k, v in self.xforward.items()
+                 if k in allowed]
+        while items and not self.failed:
+            chunk: list[bytes] = []
+            while items and sum(map(len, chunk)) + len(items[0]) < _XFORWARD_LINE:
+                chunk.append(items.pop(0))
+            if not chunk:  # one oversized attribute: Postfix would refuse it anyway
+                items.pop(0)
+                continue
+            await self._command(b"XFORWARD", *chunk)
+
+    def _params(self, params: list[str]) -> list[bytes]:
+        """Pass on the parameters the next hop understands; SIZE grows by our headers."""
+        assert self.smtp is not None
+        out = []
+        for param in params:
+            name, eq, value = param.partition("=")
+            keyword = _NEEDS.get(name.upper())
+            if keyword is None or not self.smtp.supports_extension(keyword):
+                continue
+            if name.upper() == "SIZE" and value.isdigit():
+                param = f"SIZE={int(value) + SIZE_SLACK}"
+            out.append(param.encode("utf-8", "surrogateescape"))
+        return out
+
+    async def _command(self, *args: bytes, expect: int = 250) -> str:
+        if self.failed or self.smtp is None:
+            return self.failed or replies.S451_NEXT_HOP_LOST
+        try:
+            response = await self.smtp.execute_command(*args, timeout=self.relay.timeout)
+        except Exception as exc:  # noqa: BLE001 - timeouts, disconnects, garbage replies
+            self._fail(exc)
+            self.close()
+            return self.failed or replies.S451_NEXT_HOP_LOST
+        return self._reply(response)
+
+    def _finish(self, response: aiosmtplib.SMTPResponse) -> str:
+        reply = self._reply(response)
+        if self.smtp is not None and not self.failed:
+            smtp, self.smtp = self.smtp, None
+            self.relay._release(smtp)
+        return reply
+
+    def _reply(self, response: aiosmtplib.SMTPResponse) -> str:
+        """The next hop's reply as ours; a 421 means it is closing, which for us is a 451."""
+        if response.code == 421:
+            metrics.NEXT_HOP_ERRORS.labels("tempfail").inc()
+            self.failed = replies.S451_NEXT_HOP_LOST
+            self.close()
+            return self.failed
+        if 400 <= response.code < 500:
+            metrics.NEXT_HOP_ERRORS.labels("tempfail").inc()
+        elif response.code >= 500:
+            metrics.NEXT_HOP_ERRORS.labels("permfail").inc()
+        reply = str(Reply(response.code, response.message))
+        self.last_reply = reply
+        return reply
+
+    def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+            kind, self.failed = "timeout", replies.S451_NEXT_HOP_TIMEOUT
+        elif isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError):
+            kind, self.failed = "protocol", replies.S451_NEXT_HOP_LOST
+        else:
+            kind, self.failed = "protocol", replies.S451_NEXT_HOP_INVALID
+        metrics.NEXT_HOP_ERRORS.labels(kind).inc()
+        log.warning("next hop %s:%s: %s: %s", self.relay.host, self.relay.port,
+                    type(exc).__name__, exc)
+
+
+def stuff(message: bytes) -> bytes:
+    """Dot-stuff CRLF lines (RFC 5321 4.5.2) and make sure the message ends with CRLF."""
+    if message.startswith(b"."):
+        message = b"." + message
+    message = message.replace(b"\r\n.", b"\r\n..")
+    if message and not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return message

@@ -1,0 +1,136 @@
+"""The aiosmtpd `SMTP` protocol, adjusted to what Postfix expects of a content filter.
+
+aiosmtpd owns the protocol; this subclass only fills four gaps, each small:
+
+* XFORWARD (Postfix XFORWARD_README) is a command aiosmtpd does not know;
+* DSN parameters (RFC 3461: RET, ENVID on MAIL; NOTIFY, ORCPT on RCPT) would be refused
+  with 555, so we take them off the command line, keep them verbatim, and let the
+  handler pass them on;
+* the access check and connection limit happen before the greeting (RFC 5321 3.1: 554);
+* the idle timeout says 421 before closing (RFC 5321 4.2: 421 closes the channel).
+
+Lines up to 1 MiB are accepted (RFC 5321 4.5.3.1.6 says 1000 octets, Postfix keeps to
+that, but hostile or sloppy senders do not, and rejecting would bounce their mail).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+import socket
+from typing import Any, Callable
+
+from aiosmtpd.smtp import SMTP, Session, syntax
+
+from filterd import replies
+
+log = logging.getLogger(__name__)
+
+_MAIL_EXTRA = frozenset({"RET", "ENVID"})
+_RCPT_EXTRA = frozenset({"NOTIFY", "ORCPT"})
+XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+_XFORWARD_ITEM = re.compile(r"^([A-Za-z]+)=(\S*)$")
+
+
+class FilterSession(Session):
+    """aiosmtpd's Session plus what one filterd connection needs to remember."""
+
+    def __init__(self, loop: Any) -> None:
+        super().__init__(loop)
+        self.id = ""
+        self.admitted = False
+        self.xforward: dict[str, str] = {}
+        self.client = ""              # the original client (XFORWARD ADDR) or our peer
+        self.txn: Any = None          # relay.Transaction while a mail transaction is open
+        self.state: Any = None        # handler state (config, batcher, policy) of that transaction
+
+
+class FilterSMTP(SMTP):
+    line_length_limit = 1 << 20
+    command_size_limit = 2048     # RFC 3461 parameters make RCPT lines longer than 512
+
+    def __init__(self, handler: Any, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        # aiosmtpd keeps this dict on the class; give each connection its own.
+        self.command_size_limits = collections.defaultdict(lambda: FilterSMTP.command_size_limit)
+        self.extra_params: list[str] = []
+
+    def _create_session(self) -> Session:
+        return FilterSession(self.loop)
+
+    async def _handle_client(self) -> None:
+        refusal = self.event_handler.admit(self.session)
+        if refusal:
+            await self.push(refusal)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.event_handler.session_closed(self.session)
+
+    def _timeout_cb(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(replies.S421_IDLE_TIMEOUT.encode("ascii") + b"\r\n")
+        super()._timeout_cb()
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        arg, self.extra_params = _take_params(arg, _MAIL_EXTRA)
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        arg, self.extra_params = _take_params(arg, _RCPT_EXTRA)
+        await super().smtp_RCPT(arg)
+
+    @syntax("XFORWARD attribute=value ...")
+    async def smtp_XFORWARD(self, arg: str | None) -> None:
+        await self.push(self.event_handler.xforward(self.session, self.envelope, arg or ""))
+
+
+def _take_params(arg: str | None, names: frozenset[str]) -> tuple[str | None, list[str]]:
+    """Split `names` parameters off a MAIL/RCPT argument, keeping their exact spelling."""
+    if not arg:
+        return arg, []
+    close = arg.rfind(">")
+    head, tail = (arg[: close + 1], arg[close + 1:]) if close >= 0 else (arg, "")
+    kept, taken = [], []
+    for word in tail.split():
+        (taken if word.partition("=")[0].upper() in names else kept).append(word)
+    return " ".join([head, *kept]), taken
+
+
+def parse_xforward(arg: str) -> dict[str, str] | None:
+    """"NAME=x ADDR=y" → {"NAME": "x", "ADDR": "y"}; None on bad syntax or unknown names."""
+    items: dict[str, str] = {}
+    for word in arg.split():
+        match = _XFORWARD_ITEM.match(word)
+        if not match or match.group(1).upper() not in XFORWARD_ATTRS:
+            return None
+        items[match.group(1).upper()] = match.group(2)
+    return items or None
+
+
+def greeting_name(config: Any) -> str:
+    """Our name in the greeting; Postfix refuses a filter that greets with its own name."""
+    return config.hostname or f"filterd.{socket.getfqdn()}"
+
+
+def smtp_factory(config: Any, handler: Any) -> Callable[[], FilterSMTP]:
+    """The protocol factory server.py passes to `loop.create_server`."""
+    hostname = greeting_name(config)   # looked up once: getfqdn may ask DNS
+
+    def factory() -> FilterSMTP:
+        return FilterSMTP(
+            handler,
+            data_size_limit=int(config.max_message_size),
+            enable_SMTPUTF8=True,        # advertised with 8BITMIME (RFC 6531)
+            decode_data=False,           # bytes untouched; also makes aiosmtpd offer 8BITMIME
+            hostname=hostname,
+            ident="filterd",
+            timeout=float(config.timeouts.idle),
+        )
+
+    return factory
