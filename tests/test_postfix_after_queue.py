@@ -1,0 +1,105 @@
+"""filterd as Postfix's after-queue content filter (FILTER_README), against a real Postfix.
+
+swaks -> Postfix smtpd -> queue -> filterd -> re-injection smtpd -> queue -> recording sink.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.postfix import Delivered, MailPath, assert_intact, corpus_messages, swaks
+
+pytestmark = [pytest.mark.postfix, pytest.mark.corpus, pytest.mark.slow]
+
+COUNT = 5  # messages of each kind
+
+
+@pytest.fixture(scope="module")
+def after(postfix_factory) -> MailPath:
+    return postfix_factory("after")
+
+
+@pytest.fixture(scope="module")
+def samples(corpus_dir: Path) -> dict[str, list[bytes]]:
+    return {kind: corpus_messages(corpus_dir, kind, COUNT) for kind in ("ham", "spam")}
+
+
+def verdict(got: Delivered) -> tuple[bool, float, float]:
+    """(flagged, score, tag threshold) from our headers, checking they agree with each other."""
+    flag, score, status = (got.header(h) for h in ("X-Spam-Flag", "X-Spam-Score", "X-Spam-Status"))
+    assert flag in ("YES", "NO"), got.content[:600]
+    assert score is not None and status is not None
+    value = float(score)
+    assert 0.0 <= value <= 1.0
+    assert status.startswith("Yes," if flag == "YES" else "No,"), status
+    assert f"score={score}" in status, status
+    match = re.search(r"tag=([0-9.]+)", status)
+    assert match, status
+    tag = float(match.group(1))
+    assert (flag == "YES") == (value >= tag), status
+    return flag == "YES", value, tag
+
+
+def send_all(path: MailPath, messages: dict[str, bytes], tmp_path: Path) -> None:
+    for rcpt, message in messages.items():
+        result = swaks(path.postfix.smtp_port, message, tmp_path, to=rcpt)
+        assert result.data_reply().startswith("250"), result.transcript
+
+
+def test_corpus_ham_and_spam_arrive_tagged_and_intact(
+    after: MailPath, samples: dict[str, list[bytes]], tmp_path: Path
+) -> None:
+    after.sink.clear()
+    sent = {f"{kind}{i}@example.com": raw for kind, raws in samples.items()
+            for i, raw in enumerate(raws)}
+    send_all(after, sent, tmp_path)
+    got = {m.rcpt_tos[0]: m for m in after.sink.wait_for(len(sent))}
+    assert sorted(got) == sorted(sent)
+    flagged = {"ham": 0, "spam": 0}
+    for rcpt, raw in sent.items():
+        assert_intact(raw, got[rcpt])
+        is_spam, _, _ = verdict(got[rcpt])
+        flagged["spam" if rcpt.startswith("spam") else "ham"] += is_spam
+    assert flagged["spam"] > COUNT // 2, flagged
+    assert flagged["ham"] < COUNT // 2, flagged
+    after.postfix.wait_empty()
+
+
+def test_forged_verdict_headers_from_outside_do_not_survive(after: MailPath, tmp_path: Path) -> None:
+    after.sink.clear()
+    forged = (b"From: a@example.org\r\nDate: Thu, 26 Nov 2026 12:00:00 +0000\r\n"
+              b"Message-ID: <forged@example.org>\r\nX-Spam-Flag: NO\r\n"
+              b"X-Spam-Status: No, score=0.000\r\nSubject: trust me\r\n\r\nhello\r\n")
+    send_all(after, {"forged@example.com": forged}, tmp_path)
+    (got,) = after.sink.wait_for(1)
+    flags = [line for line in got.split()[0].split(b"\r\n") if line.lower().startswith(b"x-spam-flag:")]
+    assert len(flags) == 1, flags  # ours only; the forged one was renamed
+    assert_intact(forged, got)
+
+
+def test_filterd_down_postfix_defers_then_delivers_everything(
+    after: MailPath, samples: dict[str, list[bytes]], tmp_path: Path
+) -> None:
+    assert after.filterd is not None
+    after.sink.clear()
+    sent = {f"deferred{i}@example.com": raw for i, raw in enumerate(samples["ham"][:3])}
+    after.filterd.stop()
+    try:
+        send_all(after, sent, tmp_path)  # Postfix queues them: its smtpd does not need filterd
+        queue = after.postfix.wait_deferred(len(sent))
+        reasons = [r.get("delay_reason", "") for m in queue for r in m["recipients"]]
+        assert len(reasons) == len(sent)
+        assert all("refused" in reason.lower() for reason in reasons), reasons
+        assert after.sink.messages == []
+    finally:
+        after.filterd.start()
+    after.postfix.flush()
+    got = {m.rcpt_tos[0]: m for m in after.sink.wait_for(len(sent))}
+    assert sorted(got) == sorted(sent)
+    for rcpt, raw in sent.items():
+        assert_intact(raw, got[rcpt])
+        verdict(got[rcpt])
+    after.postfix.wait_empty()

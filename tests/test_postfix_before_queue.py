@@ -1,0 +1,63 @@
+"""filterd as Postfix's before-queue proxy filter (SMTPD_PROXY_README), against a real Postfix.
+
+swaks -> Postfix smtpd (smtpd_proxy_filter) -> filterd -> smtpd -> queue -> recording sink.
+A reject from filterd reaches the sending client during DATA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.postfix import MailPath, assert_intact, corpus_messages, swaks
+
+pytestmark = [pytest.mark.postfix, pytest.mark.corpus, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def before(postfix_factory) -> MailPath:
+    return postfix_factory("before")
+
+
+@pytest.fixture(scope="module")
+def ham(corpus_dir: Path) -> list[bytes]:
+    return corpus_messages(corpus_dir, "ham", 2)
+
+
+@pytest.fixture(scope="module")
+def spam(corpus_dir: Path) -> list[bytes]:
+    return corpus_messages(corpus_dir, "spam", 2)
+
+
+def test_mail_passes_through_tagged_and_intact(before: MailPath, ham: list[bytes],
+                                               spam: list[bytes], tmp_path: Path) -> None:
+    before.sink.clear()
+    sent = {"ham@example.com": ham[0], "spam@example.com": spam[0]}
+    for rcpt, raw in sent.items():
+        result = swaks(before.postfix.smtp_port, raw, tmp_path, to=rcpt)
+        assert result.data_reply().startswith("250"), result.transcript
+    got = {m.rcpt_tos[0]: m for m in before.sink.wait_for(2)}
+    for rcpt, raw in sent.items():
+        assert_intact(raw, got[rcpt])
+        assert got[rcpt].header("X-Spam-Flag") in ("YES", "NO")
+        assert got[rcpt].header("X-Spam-Status")
+    before.postfix.wait_empty()
+
+
+def test_reject_reaches_the_sending_client_as_5xx(before: MailPath, spam: list[bytes],
+                                                  tmp_path: Path) -> None:
+    assert before.filterd is not None
+    before.sink.clear()
+    before.filterd.restart(policy={"reject_at": 0.0})  # every score reaches 0.0
+    try:
+        result = swaks(before.postfix.smtp_port, spam[1], tmp_path, to="reject@example.com")
+        reply = result.data_reply()
+        assert reply.startswith("550"), result.transcript
+        assert "5.7.1" in reply, result.transcript
+        assert result.returncode != 0
+        assert before.postfix.queue() == []
+        assert before.sink.messages == []
+        assert before.filterd.alive()
+    finally:
+        before.filterd.restart(policy={"reject_at": None})
