@@ -1,0 +1,56 @@
+"""TrainConfig: every training setting with its default; `--set key=value` overrides them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from export.model import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1                 # model initialisation and batch order
+    split_seed: int = 20240601    # which messages are train / validation / test
+    val_frac: float = 0.15
+    test_frac: float = 0.15
+    max_messages: int = 0         # 0 = all; else a stratified-by-order subset (smoke tests)
+    max_tokens: int = 256         # tokens the GRU reads per message
+    vocab_size: int = 30000
+    min_count: int = 2
+    epochs: int = 8
+    patience: int = 3             # epochs without validation improvement before stopping
+    batch_size: int = 32
+    lr: float = 3e-3              # deep part (embedding, GRU, head), one-cycle
+    wide_lr: float = 0.1          # wide part, constant
+    aux_weight: float = 1.0       # weight of each branch's own loss beside the sum's
+    threads: int = 2
+    dry_run: bool = False         # one batch of training, for smoke tests
+
+
+def apply_overrides(cfg: object, pairs: list[str]) -> None:
+    """Set dataclass fields from "key=value" strings, converting to the field's type."""
+    types = {f.name: f.type for f in fields(cfg)}  # type: ignore[arg-type]
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"unknown setting {pair!r}; known: {', '.join(types)}")
+        kind = types[key] if isinstance(types[key], str) else types[key].__name__
+        if kind == "bool":
+            parsed: object = value.lower() in ("1", "true", "yes")
+        else:
+            parsed = {"int": int, "float": float, "str": str}[kind](value)
+        setattr(cfg, key, parsed)
+
+
+def split_overrides(pairs: list[str]) -> tuple[list[str], list[str]]:
+    """Route overrides to TrainConfig or ModelConfig by field name (model.* prefix optional)."""
+    model_keys = {f.name for f in fields(ModelConfig)}
+    train, model = [], []
+    for pair in pairs:
+        key = pair.split("=", 1)[0].removeprefix("model.")
+        (model if key in model_keys else train).append(pair.removeprefix("model."))
+    return train, model
+
+
+def as_dict(cfg: object) -> dict[str, object]:
+    return asdict(cfg)  # type: ignore[call-overload]

@@ -1,0 +1,170 @@
+"""Corpus readers (tarballs, folders, Maildir, mbox, .eml) → Sample, the stable split, fetch-corpus.
+
+Labels come from the path: in the SpamAssassin tarballs and folders extracted from them,
+a folder whose name contains "spam" holds spam and one containing "ham" holds ham. With
+`--ham PATH --spam PATH` the label is given per path. The split is a pure function of
+each message's bytes and the seed, so it is stable across runs, orderings and machines,
+and duplicates always fall on the same side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import mailbox
+import re
+import sys
+import tarfile
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+TARBALLS = ("20030228_easy_ham.tar.bz2", "20030228_easy_ham_2.tar.bz2",
+            "20030228_hard_ham.tar.bz2", "20030228_spam.tar.bz2", "20050311_spam_2.tar.bz2")
+URL = "https://spamassassin.apache.org/old/publiccorpus/"
+MAX_MESSAGE = 32 * 1024 * 1024      # larger files are skipped as malformed
+_SKIP = {"cmds", ".DS_Store"}       # the published tarballs carry a `cmds` file per folder
+_HEADER = re.compile(rb"^[!-9;-~]+[ \t]*:", re.M)
+
+
+class Sample(NamedTuple):
+    raw: bytes
+    label: int          # 1 = spam, 0 = ham
+    source: str         # where it came from, e.g. "20030228_spam.tar.bz2:spam/00001.7848..."
+
+
+@dataclass
+class ReadStats:
+    """What a reader saw: messages per source and the malformed ones it skipped."""
+
+    messages: dict[str, int] = field(default_factory=dict)
+    malformed: dict[str, int] = field(default_factory=dict)
+
+    def count(self, source: str, ok: bool) -> None:
+        table = self.messages if ok else self.malformed
+        table[source] = table.get(source, 0) + 1
+
+
+def is_malformed(raw: bytes) -> bool:
+    """Empty, huge, or with no header line at all: not a mail message we can learn from."""
+    return not raw.strip() or len(raw) > MAX_MESSAGE or _HEADER.search(raw[:4096]) is None
+
+
+def label_from_path(name: str) -> int | None:
+    lowered = name.lower()
+    for part in reversed(Path(lowered).parts):
+        if "spam" in part:
+            return 1
+        if "ham" in part:
+            return 0
+    return None
+
+
+def iter_corpus(path: str | Path, stats: ReadStats | None = None) -> Iterator[Sample]:
+    """Labelled samples from tarballs, or a folder of tarballs / extracted folders."""
+    stats = stats if stats is not None else ReadStats()
+    path = Path(path)
+    if path.is_file():
+        yield from _iter_tarball(path, None, stats)
+        return
+    tarballs = sorted(p for p in path.iterdir() if ".tar" in p.name)
+    for tarball in tarballs:
+        yield from _iter_tarball(tarball, None, stats)
+    if not tarballs:
+        for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+            label = label_from_path(sub.name)
+            if label is not None:
+                yield from iter_path(sub, label, stats)
+
+
+def _iter_tarball(path: Path, label: int | None, stats: ReadStats) -> Iterator[Sample]:
+    with tarfile.open(path) as tar:
+        for member in tar:
+            name = member.name
+            if not member.isfile() or Path(name).name in _SKIP:
+                continue
+            this = label if label is not None else label_from_path(str(Path(name).parent))
+            if this is None:
+                continue
+            f = tar.extractfile(member)
+            raw = f.read(MAX_MESSAGE + 1) if f is not None else b""
+            yield from _emit(raw, this, f"{path.name}:{name}", path.name, stats)
+
+
+def _emit(raw: bytes, label: int, source: str, group: str, stats: ReadStats) -> Iterator[Sample]:
+    ok = not is_malformed(raw)
+    stats.count(group, ok)
+    if ok:
+        yield Sample(raw, label, source)
+
+
+def iter_path(path: str | Path, label: int, stats: ReadStats | None = None) -> Iterator[Sample]:
+    """All messages under a path with one label: tarball, mbox, Maildir, folder of files/.eml."""
+    stats = stats if stats is not None else ReadStats()
+    path = Path(path)
+    if path.is_file() and ".tar" in path.name:
+        yield from _iter_tarball(path, label, stats)
+    elif path.is_file() and _looks_like_mbox(path):
+        for i, message in enumerate(mailbox.mbox(path, create=False)):
+            yield from _emit(message.as_bytes(), label, f"{path}#{i}", str(path), stats)
+    elif path.is_file():
+        yield from _emit(path.read_bytes()[: MAX_MESSAGE + 1], label, str(path), str(path), stats)
+    elif path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            if file.name in _SKIP or file.name.startswith("."):
+                continue
+            if _looks_like_mbox(file):
+                yield from iter_path(file, label, stats)
+                continue
+            raw = file.read_bytes()[: MAX_MESSAGE + 1]
+            yield from _emit(raw, label, str(file), str(path), stats)
+    else:
+        raise FileNotFoundError(f"{path}: no such file or folder")
+
+
+def _looks_like_mbox(path: Path) -> bool:
+    """An mbox starts with a `From ` line and holds more than one of them."""
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    return head.startswith(b"From ") and head.count(b"\nFrom ") >= 1
+
+
+def split_of(raw: bytes, seed: int, val_frac: float, test_frac: float) -> str:
+    """"train", "val" or "test", from a hash of the message and the seed."""
+    digest = hashlib.sha256(seed.to_bytes(8, "little") + raw).digest()
+    u = int.from_bytes(digest[:8], "little") / 2.0**64
+    if u < test_frac:
+        return "test"
+    return "val" if u < test_frac + val_frac else "train"
+
+
+def fetch(dest: Path) -> int:
+    """Download the five published tarballs into dest and print their SHA-256 for checking."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in TARBALLS:
+        target = dest / name
+        if not target.exists():
+            print(f"fetching {URL}{name}", file=sys.stderr)
+            with urllib.request.urlopen(URL + name, timeout=60) as response:
+                data = response.read()
+            target.with_suffix(".part").write_bytes(data)
+            target.with_suffix(".part").rename(target)
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        print(f"{digest}  {name}")
+    print("Compare these SHA-256 sums with `sha256sum` of copies you trust (the project "
+          "publishes none for these files); see docs/model.md.", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """`python -m export fetch-corpus --dest DIR`."""
+    parser = argparse.ArgumentParser(prog="python -m export fetch-corpus")
+    parser.add_argument("--dest", required=True, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        return fetch(args.dest)
+    except OSError as exc:
+        print(f"fetch-corpus: {exc}", file=sys.stderr)
+        return 1

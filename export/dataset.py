@@ -1,0 +1,42 @@
+"""Prepared messages → padded torch batches, built on filterd.text so training and serving agree."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from filterd.text import Prepared
+
+
+class Batch(NamedTuple):
+    ids: torch.Tensor       # (batch, time) int64, 0 = <pad>
+    lengths: torch.Tensor   # (batch,) int64, >= 1
+    feat_ids: torch.Tensor  # (batch, k) int64
+    feat_w: torch.Tensor    # (batch, k) float32, 0 where padded
+    labels: torch.Tensor    # (batch,) float32, 1 = spam
+
+
+def collate(items: Sequence[Prepared], labels: Sequence[int]) -> Batch:
+    n = len(items)
+    lengths = np.array([len(p.ids) for p in items], dtype=np.int64)
+    width = max(len(p.feat_ids) for p in items)
+    ids = np.zeros((n, int(lengths.max())), np.int64)
+    feat_ids = np.zeros((n, width), np.int64)
+    feat_w = np.zeros((n, width), np.float32)
+    for i, p in enumerate(items):
+        ids[i, : len(p.ids)] = p.ids
+        feat_ids[i, : len(p.feat_ids)] = p.feat_ids
+        feat_w[i, : len(p.feat_w)] = p.feat_w
+    return Batch(torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(feat_ids),
+                 torch.from_numpy(feat_w), torch.tensor(list(labels), dtype=torch.float32))
+
+
+def batches(items: Sequence[Prepared], labels: Sequence[int], size: int,
+            order: np.ndarray | None = None) -> list[Batch]:
+    """Batches in the given order (default: as stored)."""
+    order = np.arange(len(items)) if order is None else order
+    return [collate([items[i] for i in order[s:s + size]], [labels[i] for i in order[s:s + size]])
+            for s in range(0, len(order), size)]

@@ -1,0 +1,104 @@
+"""The network: a GRU over tokens (deep) beside a linear layer over hashed n-grams (wide).
+
+    tokens ─ embedding ─ GRU ─ [last, running max, running mean] ─ linear ─ logit_rnn ─┐
+                                                                                    (+) logit
+    hashed n-gram weights ─────────────── gather · multiply · sum ─ logit_wide ───────┘
+
+Each branch has its own loss beside the loss of the sum (see train.py), so both stay real
+classifiers; the sum is the score we ship. Training runs the GRU on packed sequences;
+`step` is the exported form: one chunk of a padded batch plus the carried state, which
+gives the same numbers (the GRU output at a sample's last real token is its state there,
+whatever padding follows, because the GRU only looks back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from filterd.features import BUCKETS
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 30000
+    embed: int = 64
+    hidden: int = 128
+    buckets: int = BUCKETS
+    dropout: float = 0.1
+
+
+class SpamNet(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed, padding_idx=0)
+        self.gru = nn.GRU(cfg.embed, cfg.hidden, batch_first=True)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(3 * cfg.hidden, 1)
+        # The wide weights start at zero: the branch begins neutral and learns fast.
+        self.wide = nn.Parameter(torch.zeros(cfg.buckets))
+        self.wide_bias = nn.Parameter(torch.zeros(1))
+
+    def wide_logit(self, feat_ids: torch.Tensor, feat_w: torch.Tensor) -> torch.Tensor:
+        # (batch, k) ids and weights → (batch,): a sparse dot product
+        return (self.wide[feat_ids] * feat_w).sum(dim=1)
+
+    def pooled_logit(self, h: torch.Tensor, run_max: torch.Tensor, run_sum: torch.Tensor,
+                     count: torch.Tensor) -> torch.Tensor:
+        mean = run_sum / count.clamp(min=1.0).unsqueeze(1)
+        return self.head(self.drop(torch.cat([h, run_max, mean], dim=1))).squeeze(1)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, feat_ids: torch.Tensor,
+                feat_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training/evaluation on whole messages: (logit, logit_rnn, logit_wide), each (batch,)."""
+        x = self.embed(ids)                                   # (batch, time, embed)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, h_n = self.gru(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, padding_value=-1.0)  # (b, t, hidden)
+        mask = (torch.arange(out.size(1), device=out.device)[None, :] < lengths[:, None])
+        run_max = out.max(dim=1).values                       # pads are -1, below any tanh output
+        run_sum = (out * mask.unsqueeze(2)).sum(dim=1)
+        logit_rnn = self.pooled_logit(h_n[0], run_max, run_sum, lengths.float())
+        logit_wide = self.wide_logit(feat_ids, feat_w) + self.wide_bias
+        return logit_rnn + logit_wide, logit_rnn, logit_wide
+
+    def step(self, tokens: torch.Tensor, lengths: torch.Tensor, feat_ids: torch.Tensor,
+             feat_w: torch.Tensor, h: torch.Tensor, run_max: torch.Tensor, run_sum: torch.Tensor,
+             count: torch.Tensor, wide_sum: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One chunk (the exported graph). lengths >= 1; state tensors are (batch, hidden)/(batch,)."""
+        out, _ = self.gru(self.embed(tokens), h.unsqueeze(0))    # (batch, time, hidden)
+        mask = (torch.arange(out.size(1))[None, :] < lengths[:, None]).unsqueeze(2)
+        last = out.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, out.size(2))).squeeze(1)
+        new_max = torch.maximum(run_max, out.masked_fill(~mask, -1.0).max(dim=1).values)
+        new_sum = run_sum + (out * mask).sum(dim=1)
+        new_count = count + lengths.to(count.dtype)
+        new_wide = wide_sum + self.wide_logit(feat_ids, feat_w)
+        logit_rnn = self.pooled_logit(last, new_max, new_sum, new_count)
+        logit_wide = new_wide + self.wide_bias
+        return (logit_rnn + logit_wide, logit_rnn, logit_wide,
+                last, new_max, new_sum, new_count, new_wide)
+
+
+class StepModule(nn.Module):
+    """Wraps SpamNet.step so torch.onnx.export sees a forward with named tensors."""
+
+    def __init__(self, net: SpamNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, feat_ids: torch.Tensor,
+                feat_w: torch.Tensor, h: torch.Tensor, run_max: torch.Tensor,
+                run_sum: torch.Tensor, count: torch.Tensor,
+                wide_sum: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.net.step(tokens, lengths, feat_ids, feat_w, h, run_max, run_sum, count,
+                             wide_sum)
+
+
+INPUTS = ["tokens", "lengths", "feat_ids", "feat_w", "h", "run_max", "run_sum", "count",
+          "wide_sum"]
+OUTPUTS = ["logit", "logit_rnn", "logit_wide", "h_out", "run_max_out", "run_sum_out",
+           "count_out", "wide_sum_out"]

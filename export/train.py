@@ -1,0 +1,184 @@
+"""`python -m export train`: corpus → split → vocabulary/IDF → training → calibration → artifact.
+
+Reads top to bottom: the seed is set once, the resolved config is saved with the model,
+early stopping keeps the epoch with the lowest validation loss, and the test split is only
+scored at the end for the manifest (never used to choose anything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from export import artifacts, metrics
+from export.config import ModelConfig, TrainConfig, apply_overrides, split_overrides
+from export.corpus import ReadStats, Sample, iter_corpus, iter_path, split_of
+from export.dataset import Batch, batches
+from export.model import SpamNet
+from filterd import features, text
+from filterd.text import Prepared
+from filterd.vocab import Vocab
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m export train", description=__doc__)
+    p.add_argument("--corpus", type=Path, help="tarballs or folders labelled by folder name")
+    p.add_argument("--ham", type=Path, nargs="*", default=[], help="ham paths")
+    p.add_argument("--spam", type=Path, nargs="*", default=[], help="spam paths")
+    p.add_argument("--out", type=Path, required=True, help="artifact folder to write")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig/ModelConfig field, e.g. --set epochs=2")
+    p.add_argument("--dry-run", action="store_true", help="train one batch (smoke test)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = p.parse_args(argv)
+    if args.corpus is None and not (args.ham and args.spam):
+        p.error("give --corpus, or both --ham and --spam")
+    return args
+
+
+def load_samples(args: argparse.Namespace, stats: ReadStats) -> list[Sample]:
+    samples: list[Sample] = []
+    if args.corpus is not None:
+        samples += iter_corpus(args.corpus, stats)
+    for path in args.ham:
+        samples += iter_path(path, 0, stats)
+    for path in args.spam:
+        samples += iter_path(path, 1, stats)
+    return samples
+
+
+def subsample(samples: list[Sample], limit: int, seed: int) -> list[Sample]:
+    """At most `limit` messages, keeping the ham/spam ratio (for smoke tests)."""
+    if limit <= 0 or limit >= len(samples):
+        return samples
+    order = np.random.default_rng(seed).permutation(len(samples))
+    return [samples[i] for i in sorted(order[:limit])]
+
+
+def build_inputs(train: list[Sample], cfg: TrainConfig) -> tuple[Vocab, np.ndarray]:
+    """Vocabulary and IDF from the training split only."""
+    analyses = [text.analyze(s.raw, cfg.max_tokens) for s in tqdm(train, desc="analyse")]
+    vocab = Vocab.build((a.tokens for a in analyses), cfg.vocab_size, cfg.min_count)
+    df = features.document_frequency([a.wide for a in analyses])
+    return vocab, features.fit_idf(df, len(analyses))
+
+
+def loss_fn(out: tuple[torch.Tensor, ...], labels: torch.Tensor, aux: float) -> torch.Tensor:
+    """Loss of the sum plus each branch's own loss, so neither branch starves the other."""
+    logit, logit_rnn, logit_wide = out
+    bce = F.binary_cross_entropy_with_logits
+    return bce(logit, labels) + aux * (bce(logit_rnn, labels) + bce(logit_wide, labels))
+
+
+@torch.no_grad()
+def predict(net: SpamNet, data: list[Batch], device: torch.device) -> np.ndarray:
+    """(n, 3) logits: whole, recurrent part, wide part."""
+    net.eval()
+    outs = [torch.stack(net(*(t.to(device) for t in b[:4])), dim=1).cpu() for b in data]
+    return torch.cat(outs).double().numpy()
+
+
+def fit(cfg: TrainConfig, net: SpamNet, train: list[Batch], val: list[Batch],
+        val_labels: np.ndarray, device: torch.device) -> tuple[SpamNet, list[dict]]:
+    deep = [p for n, p in net.named_parameters() if not n.startswith("wide")]
+    wide = [p for n, p in net.named_parameters() if n.startswith("wide")]
+    opt = torch.optim.Adam([{"params": deep, "lr": cfg.lr}, {"params": wide, "lr": cfg.wide_lr}])
+    steps = 1 if cfg.dry_run else cfg.epochs * len(train)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.wide_lr],
+                                                total_steps=max(steps, 2), pct_start=0.2)
+    rng = np.random.default_rng(cfg.seed)
+    best, best_loss, history, stale = copy.deepcopy(net.state_dict()), float("inf"), [], 0
+    for epoch in range(1 if cfg.dry_run else cfg.epochs):
+        net.train()
+        order = rng.permutation(len(train))[: 1 if cfg.dry_run else None]
+        started = time.monotonic()
+        for i in tqdm(order, desc=f"epoch {epoch + 1}", leave=False, file=sys.stderr):
+            b = train[i]
+            loss = loss_fn(net(*(t.to(device) for t in b[:4])), b.labels.to(device), cfg.aux_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(deep, 1.0)
+            opt.step()
+            sched.step()
+        logits = torch.from_numpy(predict(net, val, device))
+        y = torch.from_numpy(val_labels).double()
+        val_loss = float(F.binary_cross_entropy_with_logits(logits[:, 0], y))
+        record = {"epoch": epoch + 1, "val_loss": val_loss, "seconds": time.monotonic() - started,
+                  "val_auc": metrics.roc_auc(val_labels, logits[:, 0].numpy()),
+                  "val_auc_rnn": metrics.roc_auc(val_labels, logits[:, 1].numpy())}
+        history.append(record)
+        print(f"epoch {epoch + 1}: {record}", file=sys.stderr)
+        if val_loss < best_loss:
+            best, best_loss, stale = copy.deepcopy(net.state_dict()), val_loss, 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    net.load_state_dict(best)
+    return net, history
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, mcfg = TrainConfig(), ModelConfig()
+    train_pairs, model_pairs = split_overrides(args.overrides)
+    apply_overrides(cfg, train_pairs)
+    apply_overrides(mcfg, model_pairs)
+    cfg.dry_run = cfg.dry_run or args.dry_run
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    use_cuda = args.device != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if use_cuda else "cpu")
+    started = time.monotonic()
+    stats = ReadStats()
+    samples = subsample(load_samples(args, stats), cfg.max_messages, cfg.split_seed)
+    print(f"read {len(samples)} messages, malformed skipped: {stats.malformed or 'none'}",
+          file=sys.stderr)
+    parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    for s in samples:
+        parts[split_of(s.raw, cfg.split_seed, cfg.val_frac, cfg.test_frac)].append(s)
+    vocab, idf = build_inputs(parts["train"], cfg)
+    mcfg.vocab_size = len(vocab)
+    prepared = {k: [text.prepare(s.raw, vocab, idf, cfg.max_tokens) for s in v]
+                for k, v in parts.items()}
+    labels = {k: np.array([s.label for s in v], dtype=np.int64) for k, v in parts.items()}
+    data = {k: batches(prepared[k], labels[k].tolist(), cfg.batch_size) for k in parts}
+    net = SpamNet(mcfg).to(device)
+    net, history = fit(cfg, net, data["train"], data["val"], labels["val"], device)
+    net = net.cpu().eval()
+    logits = {k: predict(net, data[k], torch.device("cpu")) for k in ("val", "test") if parts[k]}
+    report = evaluate_parts(logits, labels)
+    thresholds = metrics.calibrate(labels["val"], _sigmoid(logits["val"][:, 0]))
+    print(f"metrics: {report}\nthresholds: {thresholds}", file=sys.stderr)
+    artifacts.write(args.out, net, vocab, idf, cfg=cfg, mcfg=mcfg, parts=parts, stats=stats,
+                    metrics=report, thresholds=thresholds, history=history,
+                    parity_items=prepared["val"][:256], parity_logits=logits["val"][:256, 0],
+                    seconds=time.monotonic() - started, argv=sys.argv)
+    return 0
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -80, 80)))
+
+
+def evaluate_parts(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict:
+    """Validation and test figures of the whole network and of each branch alone."""
+    out = {}
+    for split, values in logits.items():
+        out[split] = {name: metrics.summary(labels[split], _sigmoid(values[:, col]))
+                      for col, name in enumerate(("whole", "rnn", "wide"))}
+    return out
+
+
+def main(argv: list[str]) -> int:
+    return run(parse_args(argv))
+
+
+__all__ = ["main", "Prepared"]

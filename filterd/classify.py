@@ -1,0 +1,92 @@
+"""`filterd classify [--model DIR] PATH…`: one JSON line per message with path, score and action.
+
+PATH is a message file, a folder (walked recursively, so Maildir cur/ and new/ are read
+too; dot files and Maildir tmp/ are skipped), an mbox file, or `-` for one message on
+stdin. Messages are scored in batches; the action is what the manifest's thresholds give:
+"reject" at or above reject, "tag" at or above tag, else "pass".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mailbox
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from filterd.errors import ModelError
+from filterd.scorer import Scorer, Thresholds
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "model_artifacts"
+BATCH = 256
+MAX_READ = 64 * 1024 * 1024
+
+
+def action(score: float, thresholds: Thresholds) -> str:
+    if score >= thresholds.reject:
+        return "reject"
+    return "tag" if score >= thresholds.tag else "pass"
+
+
+def iter_messages(paths: list[str], errors: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(path, raw bytes) for every message named by the command line, in a stable order.
+
+    A path that cannot be read is appended to `errors` and skipped.
+    """
+    for name in paths:
+        if name == "-":
+            yield "-", sys.stdin.buffer.read(MAX_READ)
+            continue
+        path = Path(name)
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                rel = file.relative_to(path).parts
+                if file.is_file() and not any(p.startswith(".") or p == "tmp" for p in rel):
+                    yield from _read_file(file, errors)
+        else:
+            yield from _read_file(path, errors)
+
+
+def _read_file(path: Path, errors: list[str]) -> Iterator[tuple[str, bytes]]:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_READ)
+        if raw.startswith(b"From ") and b"\nFrom " in raw:
+            items = [(f"{path}#{key}", m.as_bytes())
+                     for key, m in mailbox.mbox(path, create=False).items()]
+        else:
+            items = [(str(path), raw)]
+    except OSError as exc:
+        errors.append(f"{path}: {exc.strerror or exc}")
+        return
+    yield from items
+
+
+def _flush(scorer: Scorer, pending: list[tuple[str, bytes]]) -> None:
+    scores = scorer.infer([scorer.prepare(raw) for _, raw in pending])
+    out = sys.stdout
+    for (path, _), score in zip(pending, scores):
+        out.write(json.dumps({"path": path, "score": round(score, 6),
+                              "action": action(score, scorer.thresholds)}) + "\n")
+    out.flush()
+    pending.clear()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        scorer = Scorer.load(args.model or DEFAULT_MODEL, "auto")
+    except ModelError as exc:
+        print(f"filterd classify: {exc}", file=sys.stderr)
+        return 1
+    pending: list[tuple[str, bytes]] = []
+    errors: list[str] = []
+    for item in iter_messages(args.paths, errors):
+        pending.append(item)
+        if len(pending) >= BATCH:
+            _flush(scorer, pending)
+    if pending:
+        _flush(scorer, pending)
+    for error in errors:
+        print(f"filterd classify: {error}", file=sys.stderr)
+    return 1 if errors else 0

@@ -1,0 +1,119 @@
+"""Hashed word and character n-gram features for the network's wide (linear) branch.
+
+The bytes that `text.analyze` hands us (lower-cased raw message plus decoded base64 text)
+are cut into word unigrams and within-word character 3-, 4- and 5-grams, each hashed into
+one of 2**BITS buckets. A message becomes a sparse vector: (1 + log count) × IDF per
+bucket, words and characters each scaled to unit length. The IDF table is learnt on the
+training split and shipped as `idf.npy`.
+
+Everything is vectorised with numpy (no Python loop per n-gram): a polynomial rolling hash
+over the byte array gives the hash of any span from two prefix sums, so all n-grams of a
+length are hashed at once. uint64 arithmetic wraps, which is exactly the modulus we want.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+BITS = 20
+BUCKETS = 1 << BITS
+CHAR_NGRAMS = (3, 4, 5)
+_MAX_BYTES = 64 * 1024
+
+_P = 0x100000001B3                          # odd, so it has an inverse modulo 2**64
+_Q = pow(_P, -1, 1 << 64)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_SHIFT = np.uint64(64 - BITS)
+_SALT_WORD = np.uint64(0x51ED270B27B5A3C9)
+
+# Word bytes: ASCII letters and digits, and every byte >= 0x80 (latin-1 letters, UTF-8 pieces).
+_WORD = np.zeros(256, dtype=bool)
+_WORD[np.frombuffer(b"abcdefghijklmnopqrstuvwxyz0123456789", np.uint8)] = True
+_WORD[128:] = True
+
+
+def _powers(base: int, n: int) -> np.ndarray:
+    out = np.full(n, base, dtype=np.uint64)
+    out[0] = 1
+    return np.cumprod(out, dtype=np.uint64)   # wraps modulo 2**64
+
+
+_PPOW = _powers(_P, _MAX_BYTES + 1)
+_QPOW = _powers(_Q, _MAX_BYTES + 1)
+
+
+def _bucket(h: np.ndarray, salt: np.uint64) -> np.ndarray:
+    """Spread a span hash over the buckets: a multiplicative hash, top BITS bits."""
+    h = (h + salt) * _MIX
+    h ^= h >> np.uint64(29)
+    return ((h * _MIX) >> _SHIFT).astype(np.int64)
+
+
+def hash_ngrams(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket ids (with repeats) of the word unigrams and of the within-word char n-grams."""
+    a = np.frombuffer(data[:_MAX_BYTES], dtype=np.uint8)
+    n = a.size
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(n + 1, dtype=np.uint64)
+        np.cumsum((a.astype(np.uint64) + np.uint64(1)) * _QPOW[:n], out=prefix[1:])
+        is_word = _WORD[a]
+        nonword = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(~is_word, out=nonword[1:])
+        edges = np.diff(np.concatenate(([0], is_word.view(np.int8), [0])))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        # hash of a[s:e] = (prefix[e] - prefix[s]) * P**s = sum a[j] * Q**(j - s)
+        words = _bucket((prefix[ends] - prefix[starts]) * _PPOW[starts], _SALT_WORD)
+        grams = []
+        for size in CHAR_NGRAMS:
+            s = np.arange(max(n - size + 1, 0))
+            s = s[nonword[s + size] == nonword[s]]      # only spans inside one word
+            grams.append(_bucket((prefix[s + size] - prefix[s]) * _PPOW[s], np.uint64(size)))
+    return words, np.concatenate(grams)
+
+
+def _weigh(buckets: np.ndarray, idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids, counts = np.unique(buckets, return_counts=True)
+    weights = (1.0 + np.log(counts)) * idf[ids]
+    norm = float(np.sqrt(np.dot(weights, weights)))
+    return ids, weights / norm if norm > 0 else weights
+
+
+def featurize(data: bytes, idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse feature vector of one message: (bucket ids int64, weights float32)."""
+    words, chars = hash_ngrams(data)
+    wid, ww = _weigh(words, idf)
+    cid, cw = _weigh(chars, idf)
+    ids = np.concatenate((wid, cid))
+    if ids.size == 0:
+        return np.zeros(1, np.int64), np.zeros(1, np.float32)
+    return ids, np.concatenate((ww, cw)).astype(np.float32)
+
+
+def document_frequency(docs: list[bytes]) -> np.ndarray:
+    """How many of `docs` contain each bucket (the input of `fit_idf`)."""
+    df = np.zeros(BUCKETS, dtype=np.int64)
+    for data in docs:
+        words, chars = hash_ngrams(data)
+        df[np.unique(np.concatenate((words, chars)))] += 1
+    return df
+
+
+def fit_idf(df: np.ndarray, n_docs: int) -> np.ndarray:
+    """Smoothed IDF, rounded through float16 because that is how it ships."""
+    idf = np.log((1.0 + n_docs) / (1.0 + df)) + 1.0
+    return idf.astype(np.float16).astype(np.float32)
+
+
+def save_idf(path: Path, idf: np.ndarray) -> None:
+    np.save(path, idf.astype(np.float16), allow_pickle=False)
+
+
+def load_idf(path: Path) -> np.ndarray:
+    idf = np.load(path, allow_pickle=False)
+    if idf.shape != (BUCKETS,):
+        raise ValueError(f"{path}: expected {BUCKETS} IDF values, found shape {idf.shape}")
+    return idf.astype(np.float32)

@@ -1,0 +1,193 @@
+"""Scorer: loads model_artifacts/ (checking every hash), prepares messages and scores batches.
+
+The ONNX graph is one step of the network over a chunk of tokens. It takes the chunk and
+the carried state (GRU state, running max and sum of its outputs, token count, the wide
+branch's sum) and returns the logits and the new state, so a long message is scored chunk
+by chunk with bounded memory and gives the same score as in one piece.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from filterd import text
+from filterd.errors import ModelError
+from filterd.features import load_idf
+from filterd.text import Prepared
+from filterd.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1                      # manifest "format" this code reads
+REQUIRED = ("model.onnx", "vocab.json", "idf.npy")
+_SUB_BATCH = 64                 # messages per onnxruntime call: bounds memory for any batch
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    tag: float      # calibrated: <= 0.5 % of validation ham at or above
+    reject: float   # calibrated: <= 0.1 % of validation ham at or above
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(path: Path) -> dict:
+    """manifest.json of an artifact, after checking the format and every file's SHA-256."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {path / 'manifest.json'}: {exc}") from exc
+    if manifest.get("format") != FORMAT:
+        raise ModelError(f"{path}: manifest format {manifest.get('format')!r}, expected {FORMAT}")
+    files = manifest.get("files", {})
+    for name in REQUIRED:
+        if name not in files:
+            raise ModelError(f"{path}: manifest lists no {name}")
+    for name, expected in files.items():
+        try:
+            actual = sha256_file(path / name)
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read {name}: {exc}") from exc
+        if actual != expected:
+            raise ModelError(f"{path / name}: sha256 {actual} does not match the manifest")
+    if manifest.get("text", {}).get("pipeline_version") != text.PIPELINE_VERSION:
+        raise ModelError(f"{path}: trained with text pipeline "
+                         f"{manifest.get('text', {}).get('pipeline_version')!r}, "
+                         f"this filterd has {text.PIPELINE_VERSION}")
+    return manifest
+
+
+def _providers(device: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ModelError(f"unknown device {device!r}: auto, cpu or cuda")
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise ModelError("device cuda asked for, but onnxruntime has no CUDAExecutionProvider "
+                         f"(available: {', '.join(available)})")
+    return ["CPUExecutionProvider"]
+
+
+class Scorer:
+    """Spam probability of raw messages with the shipped (or any compatible) artifact."""
+
+    def __init__(self, session: ort.InferenceSession, manifest: dict, vocab: Vocab,
+                 idf: np.ndarray, max_tokens: int, chunk_tokens: int) -> None:
+        self.session = session
+        self.manifest = manifest
+        self.vocab = vocab
+        self.idf = idf
+        self.max_tokens = max_tokens
+        self.chunk_tokens = chunk_tokens
+        self.hidden = int(manifest["model"]["hidden"])
+        self.version: str = str(manifest["version"])
+        self.thresholds = Thresholds(float(manifest["thresholds"]["tag"]),
+                                     float(manifest["thresholds"]["reject"]))
+        self.provider: str = session.get_providers()[0]
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", *, threads: int = 1,
+             max_tokens: int = 4096, chunk_tokens: int = 256) -> "Scorer":
+        """Open an artifact folder. Raises ModelError with a clear message on any problem.
+
+        The model reads at most the number of tokens it was trained with (manifest
+        text.max_tokens); `max_tokens` can only lower that.
+        """
+        path = Path(path)
+        manifest = read_manifest(path)
+        if chunk_tokens < 1 or max_tokens < 1 or threads < 1:
+            raise ModelError("threads, max_tokens and chunk_tokens must be at least 1")
+        try:
+            vocab, _spec = Vocab.load(path / "vocab.json")
+            idf = load_idf(path / "idf.npy")
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"{path}: bad vocabulary or IDF table: {exc}") from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path / "model.onnx"), options,
+                                           providers=_providers(device))
+        except ModelError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"{path / 'model.onnx'}: onnxruntime cannot load it: {exc}") from exc
+        limit = min(max_tokens, int(manifest["text"]["max_tokens"]))
+        scorer = cls(session, manifest, vocab, idf, limit, chunk_tokens)
+        log.info("model %s loaded from %s on %s", scorer.version, path, scorer.provider)
+        return scorer
+
+    def prepare(self, raw: bytes) -> Prepared:
+        """Text pipeline only: pure CPU, thread-safe, never raises on bad mail."""
+        return text.prepare(raw, self.vocab, self.idf, self.max_tokens)
+
+    def infer(self, batch: Sequence[Prepared]) -> list[float]:
+        """Spam probabilities of prepared messages, any batch size."""
+        logits = self.infer_logits(batch)[:, 0]
+        return [1.0 / (1.0 + math.exp(-min(max(x, -80.0), 80.0))) for x in logits.tolist()]
+
+    def infer_logits(self, batch: Sequence[Prepared]) -> np.ndarray:
+        """(batch, 3) logits: whole network, recurrent part alone, wide part alone."""
+        out = np.zeros((len(batch), 3), dtype=np.float64)
+        for start in range(0, len(batch), _SUB_BATCH):
+            out[start:start + _SUB_BATCH] = self._run(batch[start:start + _SUB_BATCH])
+        return out
+
+    def score(self, raws: Sequence[bytes]) -> list[float]:
+        return self.infer([self.prepare(raw) for raw in raws])
+
+    def warmup(self) -> None:
+        self.score([b"Subject: warmup\r\n\r\nhello\r\n"])
+
+    def _run(self, batch: Sequence[Prepared]) -> np.ndarray:
+        """Chunk by chunk over the tokens; each chunk runs only the messages still going."""
+        n, h = len(batch), self.hidden
+        lengths = np.array([len(p.ids) for p in batch], dtype=np.int64)
+        state = {"h": np.zeros((n, h), np.float32), "run_max": np.full((n, h), -1.0, np.float32),
+                 "run_sum": np.zeros((n, h), np.float32), "count": np.zeros(n, np.float32),
+                 "wide_sum": np.zeros(n, np.float32)}
+        logits = np.zeros((n, 3), dtype=np.float64)
+        width = max(len(p.feat_ids) for p in batch)
+        feat_ids = np.zeros((n, width), np.int64)
+        feat_w = np.zeros((n, width), np.float32)
+        for i, p in enumerate(batch):
+            feat_ids[i, : len(p.feat_ids)] = p.feat_ids
+            feat_w[i, : len(p.feat_w)] = p.feat_w
+        for start in range(0, int(lengths.max()), self.chunk_tokens):
+            active = np.flatnonzero(lengths > start)     # messages with tokens left
+            span = np.minimum(lengths[active] - start, self.chunk_tokens)
+            tokens = np.zeros((active.size, int(span.max())), np.int64)   # (batch, time)
+            for row, i in enumerate(active):
+                chunk = batch[i].ids[start:start + self.chunk_tokens]
+                tokens[row, : chunk.size] = chunk
+            first = start == 0   # the features go in once, with the first chunk
+            feeds = {"tokens": tokens, "lengths": span,
+                     "feat_ids": feat_ids[active] if first else np.zeros((active.size, 1), np.int64),
+                     "feat_w": feat_w[active] if first else np.zeros((active.size, 1), np.float32)}
+            feeds.update({k: v[active] for k, v in state.items()})
+            try:
+                result = self.session.run(None, feeds)
+            except Exception as exc:  # onnxruntime raises its own untyped errors
+                raise ModelError(f"onnxruntime failed: {exc}") from exc
+            logit, logit_rnn, logit_wide, *new_state = result
+            logits[active] = np.stack([logit, logit_rnn, logit_wide], axis=1)
+            for key, value in zip(state, new_state):
+                state[key][active] = value
+        return logits
