@@ -285,7 +285,7 @@ class FilterHandler:
 class Record:
     """The facts of one message for its single INFO log line and the metrics."""
 
-    __slots__ = ("session", "envelope", "score", "action", "scoring_s", "relay_s")
+    __slots__ = ("action", "envelope", "relay_s", "score", "scoring_s", "session")
 
     def __init__(self, session: Any, envelope: Any) -> None:
         self.session, self.envelope = session, envelope

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 # A header field that starts with X-Spam- (any case), not one we already renamed.
 # Only lines at the start of a field: continuation lines begin with WSP (RFC 5322 2.2.3).
-_FORGED = re.compile(rb"^(X-Spam-)(?!Untrusted-)(?=[!-9;-~]*[ \t]*:)", re.I | re.M)
-_SUBJECT = re.compile(rb"^Subject[ \t]*:[ \t]?", re.I | re.M)
+_FORGED = re.compile(rb"^(X-Spam-)(?!Untrusted-)(?=[!-9;-~]*[ \t]*:)", re.IGNORECASE | re.MULTILINE)
+_SUBJECT = re.compile(rb"^Subject[ \t]*:[ \t]?", re.IGNORECASE | re.MULTILINE)
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _UNSAFE = re.compile(r"[^!-~]")
 
@@ -62,7 +62,7 @@ def render(verdict: Verdict) -> bytes:
 
 def header_end(data: bytes) -> int:
     """Offset of the empty line that ends the header section (len(data) if there is none)."""
-    if data.startswith(b"\r\n") or data.startswith(b"\n"):
+    if data.startswith((b"\r\n", b"\n")):
         return 0
     match = _HEAD_END.search(data)
     return match.start() + 1 if match else len(data)

@@ -237,7 +237,7 @@ class Transaction:
         assert self.smtp is not None
         out = []
         for param in params:
-            name, eq, value = param.partition("=")
+            name, _, value = param.partition("=")
             keyword = _NEEDS.get(name.upper())
             if keyword is None or not self.smtp.supports_extension(keyword):
                 continue

@@ -19,7 +19,8 @@ import collections
 import logging
 import re
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, Session, syntax
 
