@@ -1,0 +1,124 @@
+"""`filterd check-config` and load_config(): one broken config per class of mistake.
+
+Each broken config must make check-config exit non-zero with a message naming the key
+path; the shipped config.yaml and an empty file are valid. check-config runs as a real
+subprocess, as systemd's ExecStartPre does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from filterd.config import Config, load_config
+from filterd.errors import ConfigError
+from tests.fixtures.lifecycle import REPO, copy_model, corrupt_model, shipped_model
+
+# (class of mistake, YAML, the key path the message must name)
+BROKEN = [
+    ("unknown key", "listen: 127.0.0.1:10025\nlisten_port: 25\n", "listen_port"),
+    ("unknown nested key", "timeouts:\n  idel: 30\n", "timeouts.idel"),
+    ("wrong type", "max_recipients: many\n", "max_recipients"),
+    ("wrong type nested", "scoring:\n  max_batch: 8.5\n", "scoring.max_batch"),
+    ("wrong type section", "policy: 0.5\n", "policy"),
+    ("out of range", "timeouts:\n  shutdown: -1\n", "timeouts.shutdown"),
+    ("out of range threshold", "policy:\n  reject_at: 1.5\n", "policy.reject_at"),
+    ("bad choice", "model:\n  device: tpu\n", "model.device"),
+    ("bad host:port", "next_hop: mail.example.org\n", "next_hop"),
+    ("bad port", "listen: 127.0.0.1:70000\n", "listen"),
+    ("bad IPv6 host:port", "metrics: '::1:9125'\n", "metrics"),
+    ("bad network", "allowed_networks: [127.0.0.0/8, 10.0.0.0/40]\n", "allowed_networks[1]"),
+    ("inconsistent thresholds", "policy:\n  tag_at: 0.9\n  reject_at: 0.5\n", "policy.reject_at"),
+]
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "filterd", "check-config", "-c", str(path)],
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def model() -> Path:
+    path = shipped_model()
+    if not (path / "manifest.json").exists():
+        pytest.fail(f"no model at {path}")
+    return path
+
+
+@pytest.mark.parametrize(("mistake", "text", "key"), BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_config_is_refused_naming_the_key(tmp_path: Path, mistake: str, text: str,
+                                                 key: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{key}:"), caught.value
+    result = check_config(path)
+    assert result.returncode == 2
+    assert f"{key}:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_model_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model": {"path": str(tmp_path / "no-such-model")}}))
+    result = check_config(path)
+    assert result.returncode == 2
+    assert "model.path:" in result.stderr and "no-such-model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_model_hash_is_refused(tmp_path: Path, model: Path) -> None:
+    broken = corrupt_model(model, tmp_path / "model")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model": {"path": str(broken), "device": "cpu"}}))
+    result = check_config(path)
+    assert result.returncode == 2
+    assert "model.path:" in result.stderr and "sha256" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_shipped_config_is_valid_and_is_the_defaults(model: Path) -> None:
+    assert load_config(REPO / "config.yaml") == Config()
+    result = check_config(REPO / "config.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_empty_file_gives_the_defaults(tmp_path: Path, model: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == Config()
+    result = check_config(path)   # cwd is the repository: model_artifacts is found there
+    assert result.returncode == 0, result.stderr
+
+
+def test_valid_values_are_read(tmp_path: Path, model: Path) -> None:
+    other = copy_model(model, tmp_path / "model")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "listen": "[::1]:2525", "workers": "auto", "metrics": None,
+        "allowed_networks": ["192.0.2.1/24"], "timeouts": {"shutdown": 5},
+        "policy": {"tag_at": 0.5, "reject_at": "manifest", "subject_prefix": "[SPAM] "},
+        "model": {"path": str(other), "device": "cpu", "threads": 2},
+    }))
+    config = load_config(path)
+    assert config.listen == "[::1]:2525" and config.metrics is None
+    assert config.worker_count() >= 1
+    assert config.allowed_networks == ("192.0.2.0/24",)
+    assert config.timeouts.shutdown == 5.0 and config.timeouts.idle == 300.0
+    assert config.policy.tag_at == 0.5 and config.policy.reject_at == "manifest"
+    assert check_config(path).returncode == 0
+
+
+def test_unreadable_and_non_yaml_files(tmp_path: Path) -> None:
+    result = check_config(tmp_path / "absent.yaml")
+    assert result.returncode == 2 and "cannot read" in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen: [unclosed\n")
+    result = check_config(bad)
+    assert result.returncode == 2 and "not valid YAML" in result.stderr
