@@ -107,8 +107,13 @@ def iter_path(path: str | Path, label: int, stats: ReadStats | None = None) -> I
     if path.is_file() and ".tar" in path.name:
         yield from _iter_tarball(path, label, stats)
     elif path.is_file() and _looks_like_mbox(path):
-        for i, message in enumerate(mailbox.mbox(path, create=False)):
-            yield from _emit(message.as_bytes(), label, f"{path}#{i}", str(path), stats)
+        box = mailbox.mbox(path, create=False)
+        try:
+            raws = [message.as_bytes() for message in box]
+        finally:
+            box.close()
+        for i, raw in enumerate(raws):
+            yield from _emit(raw, label, f"{path}#{i}", str(path), stats)
     elif path.is_file():
         yield from _emit(path.read_bytes()[: MAX_MESSAGE + 1], label, str(path), str(path), stats)
     elif path.is_dir():

@@ -53,8 +53,11 @@ def _read_file(path: Path, errors: list[str]) -> Iterator[tuple[str, bytes]]:
         with path.open("rb") as f:
             raw = f.read(MAX_READ)
         if raw.startswith(b"From ") and b"\nFrom " in raw:
-            items = [(f"{path}#{key}", m.as_bytes())
-                     for key, m in mailbox.mbox(path, create=False).items()]
+            box = mailbox.mbox(path, create=False)
+            try:
+                items = [(f"{path}#{key}", m.as_bytes()) for key, m in box.items()]
+            finally:
+                box.close()
         else:
             items = [(str(path), raw)]
     except OSError as exc:

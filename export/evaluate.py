@@ -1,0 +1,88 @@
+"""`python -m export evaluate --model DIR (--corpus PATH | --ham PATH… --spam PATH…)`: JSON metrics.
+
+With --corpus, only the model's own test split is scored by default (the split rule and
+seed are read from the artifact's split.json), so the figures are on mail it never saw in
+training; `--split all` scores everything. Paths given with --ham/--spam are scored whole.
+The scores come from onnxruntime through filterd's Scorer, exactly as the daemon computes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from export import metrics
+from export.corpus import ReadStats, Sample, iter_corpus, iter_path, split_of
+from filterd.errors import ModelError
+from filterd.scorer import Scorer
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m export evaluate", description=__doc__)
+    p.add_argument("--model", type=Path, default=Path("model_artifacts"))
+    p.add_argument("--corpus", type=Path, help="tarballs or folders labelled by folder name")
+    p.add_argument("--ham", type=Path, nargs="*", default=[])
+    p.add_argument("--spam", type=Path, nargs="*", default=[])
+    p.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
+                   help="with --corpus: which part of the model's recorded split (default test)")
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = p.parse_args(argv)
+    if args.corpus is None and not (args.ham and args.spam):
+        p.error("give --corpus, or both --ham and --spam")
+    return args
+
+
+def select(samples: list[Sample], model: Path, split: str) -> list[Sample]:
+    """The samples of one split, by the rule recorded in the artifact's split.json."""
+    if split == "all":
+        return samples
+    rule = json.loads((model / "split.json").read_text(encoding="utf-8"))
+    return [s for s in samples
+            if split_of(s.raw, int(rule["seed"]), float(rule["val_frac"]),
+                        float(rule["test_frac"])) == split]
+
+
+def report(scorer: Scorer, samples: list[Sample]) -> dict:
+    """The figures the issue asks for, for the whole network and each branch alone."""
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    logits = scorer.infer_logits([scorer.prepare(s.raw) for s in samples])
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80)))
+    whole = scores[:, 0]
+    out = metrics.summary(labels, whole)
+    out["at_tag"] = metrics.at_threshold(labels, whole, scorer.thresholds.tag)
+    out["at_reject"] = metrics.at_threshold(labels, whole, scorer.thresholds.reject)
+    out["parts"] = {name: metrics.summary(labels, scores[:, col])
+                    for col, name in ((1, "rnn"), (2, "wide"))}
+    out["model"] = scorer.version
+    return out
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        scorer = Scorer.load(args.model, "auto")
+    except ModelError as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 1
+    stats = ReadStats()
+    samples: list[Sample] = []
+    if args.corpus is not None:
+        samples = select(list(iter_corpus(args.corpus, stats)), args.model, args.split)
+    for path in args.ham:
+        samples += iter_path(path, 0, stats)
+    for path in args.spam:
+        samples += iter_path(path, 1, stats)
+    if not samples:
+        print("evaluate: no messages to score", file=sys.stderr)
+        return 1
+    figures = report(scorer, samples)
+    figures["malformed_skipped"] = stats.malformed
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0

@@ -1,0 +1,86 @@
+"""Tiny end-to-end run: corpus → train → ONNX export → parity → Scorer → classify → evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytestmark = [pytest.mark.torch, pytest.mark.corpus, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--set", "max_messages=300", "--set", "epochs=2", "--set", "max_tokens=48",
+        "--set", "vocab_size=3000", "--set", "hidden=16", "--set", "embed=16",
+        "--set", "threads=1", "--set", "batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    proc = subprocess.run([sys.executable, "-m", "export", "train", "--corpus", str(corpus_dir),
+                           "--out", str(out), *TINY], capture_output=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    return out
+
+
+def test_artifact_is_complete_and_small(tiny_model: Path) -> None:
+    manifest = json.loads((tiny_model / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.onnx", "vocab.json", "idf.npy", "split.json"}
+    assert max(manifest["parity"].values()) <= 1e-4
+    assert manifest["corpus"]["splits"]["train"]["spam"] > 0
+    for split in ("val", "test"):
+        for part in ("whole", "rnn", "wide"):
+            assert 0.0 <= manifest["metrics"][split][part]["auc"] <= 1.0
+    assert manifest["text"]["max_tokens"] == 48
+    assert sum(f.stat().st_size for f in tiny_model.iterdir()) < 20 * 1024 * 1024
+
+
+def test_classify_and_evaluate_with_the_tiny_model(tiny_model: Path, corpus_dir: Path,
+                                                   tmp_path: Path) -> None:
+    with tarfile.open(next(corpus_dir.glob("*spam.tar.bz2"))) as tar:
+        members = [m for m in tar if m.isfile() and m.name != "spam/cmds"][:20]
+        tar.extractall(tmp_path, members=members, filter="data")
+    proc = subprocess.run([sys.executable, "-m", "filterd", "classify", "--model",
+                           str(tiny_model), str(tmp_path)], capture_output=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert len(lines) == 20 and all(0 <= x["score"] <= 1 for x in lines)
+    proc = subprocess.run([sys.executable, "-m", "export", "evaluate", "--model", str(tiny_model),
+                           "--ham", str(REPO / "tests" / "data" / "mime"), "--spam", str(tmp_path)],
+                          capture_output=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    figures = json.loads(proc.stdout)
+    assert figures["spam"] == 20 and figures["at_tag"]["tp"] + figures["at_tag"]["fn"] == 20
+    assert set(figures["parts"]) == {"rnn", "wide"}
+
+
+def test_parity_check_fails_loudly(tiny_model: Path) -> None:
+    from export import to_onnx
+    from filterd.scorer import Scorer
+
+    scorer = Scorer.load(tiny_model, "cpu")
+    items = [scorer.prepare(b"Subject: hello\r\n\r\nsome words here")]
+    expected = scorer.infer_logits(items)[:, 0]
+    parts = (scorer.vocab, scorer.idf, scorer.max_tokens)
+    assert to_onnx.check_parity(tiny_model / "model.onnx", scorer.manifest, parts, items,
+                                expected)["chunk_7"] <= 1e-4
+    with pytest.raises(to_onnx.ParityError, match="differ"):
+        to_onnx.check_parity(tiny_model / "model.onnx", scorer.manifest, parts, items,
+                             expected + np.float64(1e-3))
+
+
+def test_dry_run_trains_one_batch(corpus_dir: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "export", "train", "--corpus", str(corpus_dir),
+                           "--out", str(tmp_path / "m"), "--dry-run", *TINY[:2], "--set",
+                           "hidden=8", "--set", "embed=8", "--set", "max_tokens=16"],
+                          capture_output=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    history = json.loads((tmp_path / "m" / "manifest.json").read_text())["history"]
+    assert len(history) == 1

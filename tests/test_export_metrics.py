@@ -1,0 +1,31 @@
+"""AUC, threshold at a false-positive rate, calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from export import metrics
+
+
+def test_auc_known_values() -> None:
+    assert metrics.roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert metrics.roc_auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
+    assert metrics.roc_auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.1, 0.2])) == 0.5
+
+
+def test_threshold_flags_at_most_the_allowed_ham() -> None:
+    ham = np.linspace(0, 1, 1000)
+    for fpr in (0.0, 0.001, 0.005, 0.02):
+        t = metrics.threshold_at_fpr(ham, fpr)
+        assert (ham >= t).sum() <= int(fpr * 1000)
+        assert (ham >= np.nextafter(ham[ham < t].max(), -1)).sum() > int(fpr * 1000)
+
+
+def test_calibrate_and_confusion_counts() -> None:
+    labels = np.array([0] * 1000 + [1] * 10)
+    scores = np.concatenate([np.linspace(0, 0.5, 1000), np.full(10, 0.9)])
+    cal = metrics.calibrate(labels, scores)
+    assert cal["tag"] <= cal["reject"]
+    tag = metrics.at_threshold(labels, scores, cal["tag"])
+    assert tag["fp"] <= 5 and tag["tp"] == 10 and tag["spam_recall"] == 1.0
+    assert metrics.at_threshold(labels, scores, cal["reject"])["fp"] <= 1
