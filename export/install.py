@@ -59,6 +59,7 @@ def install(candidate: Path, model_dir: Path) -> Path:
     """Make `candidate` the live model; returns where it now lives. Old versions are pruned."""
     sync_tree(candidate)
     manifest = read_manifest(candidate)  # refuse a folder that is not a complete artifact
+    versions_dir(model_dir).mkdir(parents=True, exist_ok=True)
     target = unique(versions_dir(model_dir) / str(manifest["version"]))
     candidate.rename(target)
     fsync_dir(target.parent)
@@ -95,8 +96,7 @@ def adopt_folder(model_dir: Path, link: Path) -> None:
 def exchange(a: Path, b: Path) -> None:
     """renameat2(a, b, RENAME_EXCHANGE): swap two names atomically (Linux 3.15+, glibc 2.28+)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    result = libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b),
-                            _RENAME_EXCHANGE)
+    result = libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
     if result != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"cannot exchange {a} and {b}: {os.strerror(errno)}")
@@ -105,9 +105,15 @@ def exchange(a: Path, b: Path) -> None:
 def prune(model_dir: Path) -> None:
     """Delete all but the KEEP newest versions that are not live."""
     live = model_dir.resolve()
-    old = sorted((p for p in versions_dir(model_dir).iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and p.resolve() != live),
-                 key=lambda p: p.stat().st_mtime, reverse=True)
+    old = sorted(
+        (
+            p
+            for p in versions_dir(model_dir).iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.resolve() != live
+        ),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     for path in old[KEEP:]:
         shutil.rmtree(path, ignore_errors=True)
         log.info("removed old model %s", path.name)

@@ -107,18 +107,35 @@ def decide(candidate: Figures, live: Figures | None, rule: Rule) -> tuple[bool, 
     if live is None:
         return True, "no usable live model to compare with"
     if candidate.auc < live.auc - rule.max_auc_drop:
-        return False, f"candidate AUC {candidate.auc:.4f} < live {live.auc:.4f} - {rule.max_auc_drop}"
+        return (
+            False,
+            f"candidate AUC {candidate.auc:.4f} < live {live.auc:.4f} - {rule.max_auc_drop}",
+        )
     if candidate.recall < live.recall - rule.max_recall_drop:
-        return False, (f"candidate recall {candidate.recall:.4f} < live {live.recall:.4f} - "
-                       f"{rule.max_recall_drop} at {TAG_FPR:.1%} ham flagged")
-    return True, (f"AUC {candidate.auc:.4f} vs {live.auc:.4f}, recall {candidate.recall:.4f} "
-                  f"vs {live.recall:.4f} at {TAG_FPR:.1%} ham flagged")
+        return False, (
+            f"candidate recall {candidate.recall:.4f} < live {live.recall:.4f} - "
+            f"{rule.max_recall_drop} at {TAG_FPR:.1%} ham flagged"
+        )
+    return True, (
+        f"AUC {candidate.auc:.4f} vs {live.auc:.4f}, recall {candidate.recall:.4f} "
+        f"vs {live.recall:.4f} at {TAG_FPR:.1%} ham flagged"
+    )
 
 
 def train(train_root: Path, out: Path, overrides: list[str]) -> None:
     """Run `python -m export train` in a child process; its output goes to our log."""
-    command = [sys.executable, "-m", "export", "train", "--ham", str(train_root / "ham"),
-               "--spam", str(train_root / "spam"), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "export",
+        "train",
+        "--ham",
+        str(train_root / "ham"),
+        "--spam",
+        str(train_root / "spam"),
+        "--out",
+        str(out),
+    ]
     for pair in overrides:
         command += ["--set", pair]
     log.info("training: %s", shlex.join(command))
@@ -137,8 +154,10 @@ def reload_filterd(command: str | None) -> None:
         return
     pid = main_pid("filterd.service")
     if pid is None:
-        log.warning("filterd.service is not running here; skipping reload "
-                    "(filterd loads the new model when it starts)")
+        log.warning(
+            "filterd.service is not running here; skipping reload "
+            "(filterd loads the new model when it starts)"
+        )
         return
     try:
         # What `systemctl reload` does too (ExecReload=kill -HUP), without needing root:
@@ -152,8 +171,13 @@ def reload_filterd(command: str | None) -> None:
 def main_pid(unit: str) -> int | None:
     """The unit's main PID from systemd, or None (not running, no systemd, no systemctl)."""
     try:
-        result = subprocess.run(["systemctl", "show", "--property=MainPID", "--value", unit],
-                                capture_output=True, text=True, timeout=30, check=False)
+        result = subprocess.run(
+            ["systemctl", "show", "--property=MainPID", "--value", unit],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     value = result.stdout.strip()
@@ -175,19 +199,33 @@ def cycle(config: Config, args: argparse.Namespace) -> dict:
     """The whole cycle; returns the record saved as work_dir/last-run.json."""
     model_dir, work_dir = Path(config.retrain.model_dir), Path(config.retrain.work_dir)
     if Path(config.model.path).absolute() != model_dir.absolute():
-        log.warning("model.path (%s) is not retrain.model_dir (%s): filterd will not serve "
-                    "the retrained model", config.model.path, model_dir)
+        log.warning(
+            "model.path (%s) is not retrain.model_dir (%s): filterd will not serve "
+            "the retrained model",
+            config.model.path,
+            model_dir,
+        )
     stats = ReadStats()
     samples = read_mail(config, stats)
     held = [s for s in samples if holdout_of(s.raw, config.retrain.holdout)]
     rest = [s for s in samples if not holdout_of(s.raw, config.retrain.holdout)]
-    counts = {"train_ham": sum(s.label == 0 for s in rest), "train_spam": sum(s.label for s in rest),
-              "holdout_ham": sum(s.label == 0 for s in held), "holdout_spam": sum(s.label for s in held)}
-    log.info("read %d messages (%s); malformed skipped: %s", len(samples), counts,
-             stats.malformed or "none")
+    counts = {
+        "train_ham": sum(s.label == 0 for s in rest),
+        "train_spam": sum(s.label for s in rest),
+        "holdout_ham": sum(s.label == 0 for s in held),
+        "holdout_spam": sum(s.label for s in held),
+    }
+    log.info(
+        "read %d messages (%s); malformed skipped: %s",
+        len(samples),
+        counts,
+        stats.malformed or "none",
+    )
     if min(counts.values()) < MIN_PER_CLASS:
-        raise RetrainError(f"too little labelled mail: need {MIN_PER_CLASS} of each kind in "
-                           f"training and holdout, have {counts}")
+        raise RetrainError(
+            f"too little labelled mail: need {MIN_PER_CLASS} of each kind in "
+            f"training and holdout, have {counts}"
+        )
     run_dir = work_dir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     try:
@@ -197,8 +235,13 @@ def cycle(config: Config, args: argparse.Namespace) -> dict:
             candidate = figures(candidate_path, held)
             live = live_figures(model_dir, held)
             ok, reason = decide(candidate, live, args.rule)
-            record = {"installed": ok, "reason": reason, "counts": counts,
-                      "candidate": asdict(candidate), "live": asdict(live) if live else None}
+            record = {
+                "installed": ok,
+                "reason": reason,
+                "counts": counts,
+                "candidate": asdict(candidate),
+                "live": asdict(live) if live else None,
+            }
             if ok:
                 install.install(candidate_path, model_dir)
     finally:
@@ -218,11 +261,20 @@ def live_figures(model_dir: Path, held: list[Sample]) -> Figures | None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m export retrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m export retrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-c", "--config", default="/etc/filterd/config.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="training setting passed to `export train`, e.g. --set epochs=4")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training setting passed to `export train`, e.g. --set epochs=4",
+    )
     p.add_argument("--reload-command", help="run this instead of signalling filterd.service")
     p.add_argument("--no-reload", action="store_true", help="install but do not reload filterd")
     rule = Rule()
