@@ -140,6 +140,14 @@ async def bench(args: argparse.Namespace, targets: dict[str, tuple[int, int | No
     return runs
 
 
+def variant(name: str) -> dict[str, object]:
+    """`filterd[workers=2,scoring.max_wait_ms=5]` → config overrides for that target."""
+    import yaml
+
+    inner = name.partition("[")[2].rstrip("]")
+    return {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in inner.split(",") if kv)}
+
+
 def ratios(runs: list[dict[str, object]]) -> list[dict[str, object]]:
     """filterd against the plain relay, per session count."""
     out = []
@@ -162,7 +170,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--messages", type=int, default=3000, help="per run (a tenth at S=1)")
     parser.add_argument("--targets", nargs="+", default=["direct", "plain", "filterd"],
-                        help="direct plain plain2 (two workers) filterd")
+                        help="direct, plain, plain2 (two workers), filterd, "
+                             "filterd[key=value,...] (config overrides for that target)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML",
                         help="filterd config overrides, e.g. workers=2 scoring.max_wait_ms=5")
     args = parser.parse_args()
@@ -195,10 +204,11 @@ async def with_servers(args: argparse.Namespace, overrides: dict[str, object],
                 workers = int(name[5:] or 1)
                 port, proc = stack.enter_context(harness.plain_relay(sink, workers))
                 targets[name] = (port, proc.pid)
-            elif name == "filterd":
+            elif name.startswith("filterd"):
                 harness.RESULTS.mkdir(parents=True, exist_ok=True)
                 log = harness.RESULTS / "filterd-e2e.log"
-                port, proc = stack.enter_context(harness.filterd(sink, log, **overrides))
+                port, proc = stack.enter_context(
+                    harness.filterd(sink, log, **{**overrides, **variant(name)}))
                 targets[name] = (port, proc.pid)
         return await bench(args, targets, files, messages)
 
