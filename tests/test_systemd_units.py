@@ -123,6 +123,7 @@ def test_daemon_unit_contract() -> None:
         "ExecStart=/opt/filterd/venv/bin/filterd serve -c /etc/filterd/config.yaml",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
+        "KillMode=mixed",
         "DynamicUser=yes",
         "ProtectSystem=strict",
         "StateDirectory=filterd",
