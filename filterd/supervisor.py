@@ -48,6 +48,7 @@ class Worker:
     index: int
     proc: asyncio.subprocess.Process
     reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter   # unused, but it holds our end of the channel open
     events: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
 
     async def pump(self) -> None:
@@ -121,8 +122,8 @@ class Supervisor:
             "--channel-fd", str(theirs.fileno()),
             pass_fds=(sock.fileno(), theirs.fileno()), env=env, stdin=asyncio.subprocess.DEVNULL)
         theirs.close()
-        reader, _writer = await asyncio.open_connection(sock=ours)
-        worker = Worker(index, proc, reader)
+        reader, writer = await asyncio.open_connection(sock=ours)
+        worker = Worker(index, proc, reader, writer)
         self._task(worker.pump())
         return worker
 

@@ -1,0 +1,199 @@
+"""The daemon's lifecycle, end to end: `filterd serve` as a real subprocess on loopback, a
+recording aiosmtpd next hop, a test NOTIFY_SOCKET and the metrics endpoint over HTTP.
+
+Covered: sd_notify order (READY only once the port accepts, RELOADING/READY around a
+reload, STOPPING on the way out), reload with a good model, a corrupt model and a broken
+config while messages flow (none refused or lost), SIGTERM in the middle of a transaction
+(it completes, or gets 421; exit 0), a missing model at start, and metric counts after
+traffic, with one process and with two workers.
+"""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import socket
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fixtures.lifecycle import (
+    Daemon,
+    Flow,
+    NotifyListener,
+    copy_model,
+    corrupt_model,
+    message,
+    send,
+    shipped_model,
+    wait_until,
+)
+from tests.fixtures.postfix import Sink
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    sink = Sink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, sink: Sink) -> Iterator[list[Daemon]]:
+    """Every Daemon a test makes goes in this list; all are stopped afterwards."""
+    made: list[Daemon] = []
+    yield made
+    for daemon in made:
+        daemon.stop()
+
+
+@pytest.fixture
+def make(tmp_path: Path, sink: Sink, daemons: list[Daemon]) -> Callable[..., Daemon]:
+    if not (shipped_model() / "manifest.json").exists():
+        pytest.fail(f"no model at {shipped_model()}")
+
+    def make(**overrides: object) -> Daemon:
+        daemon = Daemon(tmp_path / f"d{len(daemons)}", sink.port, **overrides)
+        daemons.append(daemon)
+        return daemon
+
+    return make
+
+
+def greets(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        return conn.recv(512)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The endpoint's samples as {'name{label="v"}': value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return samples
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("kind", ["path", "abstract"])
+def test_notify_sequence(make: Callable[..., Daemon], tmp_path: Path, workers: int, kind: str) -> None:
+    listener = (NotifyListener(path=tmp_path / "notify.sock") if kind == "path"
+                else NotifyListener(abstract=f"filterd-test-{tmp_path.name}"))
+    try:
+        daemon = make(workers=workers).start(env={"NOTIFY_SOCKET": listener.address}, wait=False)
+        listener.wait_for("READY", alive=daemon.check_alive)
+        daemon.wait_ready()   # the port from the log line written just before READY=1
+        assert greets(daemon.port).startswith(b"220 ")
+        daemon.signal(signal.SIGHUP)
+        listener.wait_for("READY", count=2, alive=daemon.check_alive)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+        messages = listener.poll()
+    finally:
+        listener.close()
+    states = [next(k for k in m if k != "STATUS" and k != "MONOTONIC_USEC") for m in messages]
+    assert states == ["READY", "RELOADING", "READY", "STOPPING"]
+    assert int(messages[1]["MONOTONIC_USEC"]) > 0
+    assert "listening on" in messages[0]["STATUS"]
+
+
+def test_reload_while_messages_flow(make: Callable[..., Daemon], sink: Sink, tmp_path: Path) -> None:
+    v2 = copy_model(shipped_model(), tmp_path / "model-v2", version="lifecycle-v2")
+    broken = corrupt_model(shipped_model(), tmp_path / "model-broken")
+    daemon = make().start()
+    flow = Flow(daemon.port).start()
+    try:
+        wait_until(lambda: len(flow.replies) >= 3, 60, "messages before the reload")
+        daemon.write_config(model={"path": str(v2), "device": "cpu"})
+        daemon.signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded: model lifecycle-v2" in daemon.log(), 60, "the reload")
+        seen = len(flow.replies)
+        daemon.write_config(model={"path": str(broken), "device": "cpu"})
+        daemon.signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in daemon.log(), 60, "the corrupt model refused")
+        daemon.write_config(policy={"tag_at": 2})
+        daemon.signal(signal.SIGHUP)
+        wait_until(lambda: daemon.log().count("reload refused") == 2, 60, "bad config refused")
+        wait_until(lambda: len(flow.replies) >= seen + 3, 60, "messages after the reloads")
+    finally:
+        flow.stop()
+    assert flow.errors == []
+    assert flow.replies and all(code == 250 for code, _ in flow.replies), flow.replies
+    delivered = sink.wait_for(len(flow.replies))
+    assert len(delivered) == len(flow.replies)
+    assert "model=lifecycle-v2" in (delivered[-1].header("X-Spam-Status") or "")
+    refusals = [line for line in daemon.log().splitlines() if "reload refused" in line]
+    assert len(refusals) == 2
+    assert "model.path" in refusals[0] and "sha256" in refusals[0]
+    assert "policy.tag_at" in refusals[1]
+    assert "Traceback" not in daemon.log()
+
+
+def test_sigterm_mid_transaction_completes_then_exits_0(make: Callable[..., Daemon], sink: Sink) -> None:
+    daemon = make().start()
+    idle = smtplib.SMTP("127.0.0.1", daemon.port, timeout=30)
+    idle.ehlo("idle.test.invalid")
+    client = smtplib.SMTP("127.0.0.1", daemon.port, timeout=30)
+    client.ehlo("client.test.invalid")
+    client.mail("alice@example.org")
+    client.rcpt("bob@example.org")
+    daemon.signal(signal.SIGTERM)
+    wait_until(lambda: "stopped accepting" in daemon.log(), 30, "the drain to start")
+    code, _ = client.data(message(1))
+    assert code == 250
+    assert sink.wait_for(1)[0].header("Subject") == "test message 1"
+    assert idle.getreply()[0] == 421            # idle sessions are told, not dropped
+    assert client.getreply()[0] == 421          # and so is ours once its transaction ended
+    assert daemon.wait() == 0
+    with pytest.raises(OSError):
+        greets(daemon.port)
+
+
+@pytest.mark.parametrize("second_signal", [False, True])
+def test_sigterm_stalled_transaction_gets_421(make: Callable[..., Daemon], second_signal: bool) -> None:
+    daemon = make(timeouts={"shutdown": 2 if not second_signal else 60}).start()
+    client = smtplib.SMTP("127.0.0.1", daemon.port, timeout=30)
+    client.ehlo("client.test.invalid")
+    client.mail("alice@example.org")
+    client.rcpt("bob@example.org")
+    client.putcmd("data")
+    assert client.getreply()[0] == 354
+    client.send(b"Subject: stalled\r\n\r\nthe client stops here ")
+    daemon.signal(signal.SIGTERM)
+    if second_signal:   # the first waits up to 60 s; a second cuts it short
+        wait_until(lambda: "stopped accepting" in daemon.log(), 30, "the drain to start")
+        daemon.signal(signal.SIGTERM)
+    assert client.getreply()[0] == 421
+    assert daemon.wait(30) == 0
+
+
+def test_missing_model_one_error_line(make: Callable[..., Daemon], tmp_path: Path) -> None:
+    daemon = make(model={"path": str(tmp_path / "absent"), "device": "cpu"})
+    daemon.start(wait=False)
+    assert daemon.wait() != 0
+    errors = [line for line in daemon.log().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "model.path" in errors[0], daemon.log()
+    assert "Traceback" not in daemon.log()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_count_traffic(make: Callable[..., Daemon], sink: Sink, workers: int) -> None:
+    daemon = make(workers=workers, metrics="127.0.0.1:0").start()
+    assert daemon.metrics_port
+    for n in range(6):
+        assert send(daemon.port, n)[0] == 250
+    sink.wait_for(6)
+    samples = scrape(daemon.metrics_port)
+    handled = sum(v for k, v in samples.items() if k.startswith("filterd_messages_total{"))
+    assert handled == 6
+    assert samples["filterd_score_count"] == 6
+    assert samples["filterd_relay_seconds_count"] == 6
+    info = [k for k in samples if k.startswith("filterd_model_info{")]
+    assert len(info) == 1 and 'version="' in info[0]
+    assert samples.get("filterd_sessions_in_flight", 0) == 0
