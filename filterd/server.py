@@ -116,6 +116,7 @@ class Daemon:
             self._remove_signals()
             return 1
         async with AsyncExitStack() as stack:
+            stack.callback(self._remove_signals)   # last: a second SIGTERM must reach _drain
             self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="filterd-score")
             stack.callback(self.executor.shutdown, wait=False, cancel_futures=True)
             self.batcher = await self._start_batcher(self.config, scorer)
@@ -128,12 +129,10 @@ class Daemon:
                 server = await self._listen(smtp_factory(self.config, self.handler))
             except OSError as exc:
                 self.report("failed", f"cannot listen on {self.config.listen}: {exc}")
-                self._remove_signals()
                 return 1
             stack.push_async_callback(self._drain, server)
             if self.standalone:
                 stack.callback(metrics.serve(self.config.metrics))
-            stack.callback(self._remove_signals)
             self.report("ready", f"{scorer.version}\t{scorer.provider}\t{self.address}")
             await self.stopping.wait()
         return 0

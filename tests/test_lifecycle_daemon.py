@@ -137,19 +137,19 @@ def test_reload_while_messages_flow(make: Callable[..., Daemon], sink: Sink, tmp
 
 def test_sigterm_mid_transaction_completes_then_exits_0(make: Callable[..., Daemon], sink: Sink) -> None:
     daemon = make().start()
-    idle = smtplib.SMTP("127.0.0.1", daemon.port, timeout=30)
-    idle.ehlo("idle.test.invalid")
-    client = smtplib.SMTP("127.0.0.1", daemon.port, timeout=30)
-    client.ehlo("client.test.invalid")
-    client.mail("alice@example.org")
-    client.rcpt("bob@example.org")
-    daemon.signal(signal.SIGTERM)
-    wait_until(lambda: "stopped accepting" in daemon.log(), 30, "the drain to start")
-    code, _ = client.data(message(1))
-    assert code == 250
-    assert sink.wait_for(1)[0].header("Subject") == "test message 1"
-    assert idle.getreply()[0] == 421            # idle sessions are told, not dropped
-    assert client.getreply()[0] == 421          # and so is ours once its transaction ended
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as idle, \
+            smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+        idle.ehlo("idle.test.invalid")
+        client.ehlo("client.test.invalid")
+        client.mail("alice@example.org")
+        client.rcpt("bob@example.org")
+        daemon.signal(signal.SIGTERM)
+        wait_until(lambda: "stopped accepting" in daemon.log(), 30, "the drain to start")
+        code, _ = client.data(message(1))
+        assert code == 250
+        assert sink.wait_for(1)[0].header("Subject") == "test message 1"
+        assert idle.getreply()[0] == 421        # idle sessions are told, not dropped
+        assert client.getreply()[0] == 421      # and so is ours once its transaction ended
     assert daemon.wait() == 0
     with pytest.raises(OSError):
         greets(daemon.port)
@@ -158,18 +158,18 @@ def test_sigterm_mid_transaction_completes_then_exits_0(make: Callable[..., Daem
 @pytest.mark.parametrize("second_signal", [False, True])
 def test_sigterm_stalled_transaction_gets_421(make: Callable[..., Daemon], second_signal: bool) -> None:
     daemon = make(timeouts={"shutdown": 2 if not second_signal else 60}).start()
-    client = smtplib.SMTP("127.0.0.1", daemon.port, timeout=30)
-    client.ehlo("client.test.invalid")
-    client.mail("alice@example.org")
-    client.rcpt("bob@example.org")
-    client.putcmd("data")
-    assert client.getreply()[0] == 354
-    client.send(b"Subject: stalled\r\n\r\nthe client stops here ")
-    daemon.signal(signal.SIGTERM)
-    if second_signal:   # the first waits up to 60 s; a second cuts it short
-        wait_until(lambda: "stopped accepting" in daemon.log(), 30, "the drain to start")
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+        client.ehlo("client.test.invalid")
+        client.mail("alice@example.org")
+        client.rcpt("bob@example.org")
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        client.send(b"Subject: stalled\r\n\r\nthe client stops here ")
         daemon.signal(signal.SIGTERM)
-    assert client.getreply()[0] == 421
+        if second_signal:   # the first waits up to 60 s; a second cuts it short
+            wait_until(lambda: "stopped accepting" in daemon.log(), 30, "the drain to start")
+            daemon.signal(signal.SIGTERM)
+        assert client.getreply()[0] == 421
     assert daemon.wait(30) == 0
 
 
