@@ -75,7 +75,7 @@ class FilterSMTP(SMTP):
 
     def _timeout_cb(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(replies.S421_IDLE_TIMEOUT.encode("ascii") + b"\r\n")
+            self._writer.write(replies.S421_IDLE_TIMEOUT.encode("ascii") + b"\r\n")
         super()._timeout_cb()
 
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -97,7 +97,8 @@ def _take_params(arg: str | None, names: frozenset[str]) -> tuple[str | None, li
         return arg, []
     close = arg.rfind(">")
     head, tail = (arg[: close + 1], arg[close + 1:]) if close >= 0 else (arg, "")
-    kept, taken = [], []
+    kept: list[str] = []
+    taken: list[str] = []
     for word in tail.split():
         (taken if word.partition("=")[0].upper() in names else kept).append(word)
     return " ".join([head, *kept]), taken
