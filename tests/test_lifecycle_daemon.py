@@ -103,10 +103,12 @@ def test_notify_sequence(make: Callable[..., Daemon], tmp_path: Path, workers: i
     assert "listening on" in messages[0]["STATUS"]
 
 
-def test_reload_while_messages_flow(make: Callable[..., Daemon], sink: Sink, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reload_while_messages_flow(make: Callable[..., Daemon], sink: Sink, tmp_path: Path,
+                                    workers: int) -> None:
     v2 = copy_model(shipped_model(), tmp_path / "model-v2", version="lifecycle-v2")
     broken = corrupt_model(shipped_model(), tmp_path / "model-broken")
-    daemon = make().start()
+    daemon = make(workers=workers).start()
     flow = Flow(daemon.port).start()
     try:
         wait_until(lambda: len(flow.replies) >= 3, 60, "messages before the reload")
@@ -173,8 +175,10 @@ def test_sigterm_stalled_transaction_gets_421(make: Callable[..., Daemon], secon
     assert daemon.wait(30) == 0
 
 
-def test_missing_model_one_error_line(make: Callable[..., Daemon], tmp_path: Path) -> None:
-    daemon = make(model={"path": str(tmp_path / "absent"), "device": "cpu"})
+@pytest.mark.parametrize("workers", [1, 2])
+def test_missing_model_one_error_line(make: Callable[..., Daemon], tmp_path: Path,
+                                      workers: int) -> None:
+    daemon = make(workers=workers, model={"path": str(tmp_path / "absent"), "device": "cpu"})
     daemon.start(wait=False)
     assert daemon.wait() != 0
     errors = [line for line in daemon.log().splitlines() if " ERROR " in line]
