@@ -264,6 +264,11 @@ def load_config(path: str | Path) -> Config:
     return config
 
 
+def _model_message(model: ModelConfig, why: str) -> str:
+    key = "model.device" if "device" in why and "provider" in why.lower() else "model.path"
+    return f"{key}: {why}" if model.path in why else f"{key}: {model.path}: {why}"
+
+
 def load_scorer(config: Config) -> Any:
     """Load and warm up the model `config` names; ConfigError naming `model.path` if it can't."""
     from filterd.scorer import Scorer  # onnxruntime is heavy: import only when a model is needed
@@ -274,9 +279,9 @@ def load_scorer(config: Config) -> Any:
                              max_tokens=config.scoring.max_tokens)
         scorer.warmup()
     except ModelError as exc:
-        raise ConfigError(f"model.path: {model.path}: {exc}") from None
+        raise ConfigError(_model_message(model, str(exc))) from None
     except (OSError, RuntimeError, ValueError) as exc:  # onnxruntime's own failures
-        raise ConfigError(f"model.path: {model.path}: cannot load the model: {exc}") from None
+        raise ConfigError(_model_message(model, f"cannot run the model: {exc}")) from None
     return scorer
 
 
