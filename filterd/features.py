@@ -75,22 +75,21 @@ def hash_ngrams(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return words, np.concatenate(grams)
 
 
-def _weigh(buckets: np.ndarray, idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ids, counts = np.unique(buckets, return_counts=True)
-    weights = (1.0 + np.log(counts)) * idf[ids]
-    norm = float(np.sqrt(np.dot(weights, weights)))
-    return ids, weights / norm if norm > 0 else weights
-
-
 def featurize(data: bytes, idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sparse feature vector of one message: (bucket ids int64, weights float32)."""
     words, chars = hash_ngrams(data)
-    wid, ww = _weigh(words, idf)
-    cid, cw = _weigh(chars, idf)
-    ids = np.concatenate((wid, cid))
-    if ids.size == 0:
+    if words.size + chars.size == 0:
         return np.zeros(1, np.int64), np.zeros(1, np.float32)
-    return ids, np.concatenate((ww, cw)).astype(np.float32)
+    # One sort for both groups: char buckets are offset by BUCKETS to keep them apart.
+    keys, counts = np.unique(np.concatenate((words, chars + BUCKETS)), return_counts=True)
+    ids = keys & (BUCKETS - 1)
+    weights = (1.0 + np.log(counts, dtype=np.float32)) * idf[ids]
+    split = int(np.searchsorted(keys, BUCKETS))
+    for part in (weights[:split], weights[split:]):     # each group to unit length
+        norm = float(np.sqrt(np.dot(part, part)))
+        if norm > 0:
+            part /= norm
+    return ids, weights.astype(np.float32, copy=False)
 
 
 def document_frequency(docs: list[bytes]) -> np.ndarray:

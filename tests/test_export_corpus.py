@@ -70,3 +70,33 @@ def test_split_is_stable_and_seeded() -> None:
     assert first != [split_of(r, 8, 0.15, 0.15) for r in raws]
     share = {k: first.count(k) / len(raws) for k in ("train", "val", "test")}
     assert 0.6 < share["train"] < 0.8 and 0.1 < share["val"] < 0.2 and 0.1 < share["test"] < 0.2
+
+
+def test_fetch_corpus_refuses_a_tarball_with_the_wrong_hash(tmp_path: Path, capsys) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from export import corpus
+
+    served = tmp_path / "mirror"
+    served.mkdir()
+    for name in corpus.TARBALLS:
+        (served / name).write_bytes(b"not the real tarball")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        rc = corpus.main(["--dest", str(tmp_path / "dest"), "--url", url])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert rc == 1
+    for name in corpus.TARBALLS:
+        assert not (tmp_path / "dest" / name).exists()
+        assert (tmp_path / "dest" / (name + ".part")).exists()
+    assert "is not the expected" in capsys.readouterr().err
