@@ -5,14 +5,17 @@
 Starts the server under test in front of smtp-sink, sends one message of `--size-mb` (a
 corpus message with a base64 attachment of random bytes, 76-character lines) over SMTP and,
 meanwhile, samples the resident memory (VmRSS) of every process in the server's process group
-every 5 ms. Reports the idle RSS, the peak of the summed RSS, and each process's own
-high-water mark (VmHWM). Targets:
+every 5 ms. Reports the idle RSS, the peaks of the summed RSS and PSS (shared pages split
+between processes; the figure held against the target), and each process's own high-water
+mark (VmHWM). Targets:
 
 - `filterd`: the shipped config. 30 MB is above scoring.max_bytes (10 MB), so the message is
   relayed unscored (X-Spam-Status: Skipped), the path a postmaster's default takes;
 - `filterd-scored`: the same with scoring.max_bytes raised above the message, so the text
   pipeline and the chunked model see it too;
-- `plain`: bench/plain_relay.py, for comparison.
+- `plain`: bench/plain_relay.py, for comparison;
+- `filterd-scored[workers=2]` and the like: config overrides (the supervisor and its workers
+  are all counted).
 
 The target is < 300 MB. Results go to bench/results/memory-<time>.json.
 """
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 
 from bench import harness
+from bench.e2e import variant
 
 TARGET_MB = 300
 
@@ -46,9 +50,10 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
-def status_kb(pid: int, key: str) -> int:
+def status_kb(pid: int, key: str, file: str = "status") -> int:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM) or smaps_rollup (Pss)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     except OSError:
@@ -57,11 +62,16 @@ def status_kb(pid: int, key: str) -> int:
 
 
 class Sampler(threading.Thread):
-    """Sums VmRSS over the process group every 5 ms; keeps the peak."""
+    """Sums VmRSS and Pss over the process group every 5 ms; keeps the peaks.
+
+    RSS counts the pages workers share (Python, onnxruntime, the model) once per process;
+    Pss splits them between the processes, so its sum is the memory the daemon really holds.
+    """
 
     def __init__(self, pgid: int) -> None:
         super().__init__(daemon=True)
-        self.pgid, self.peak_kb, self.stop = pgid, 0, threading.Event()
+        self.pgid, self.peak_kb, self.peak_pss_kb = pgid, 0, 0
+        self.stop = threading.Event()
 
     def run(self) -> None:
         pids, listed = group_pids(self.pgid), time.monotonic()
@@ -69,6 +79,8 @@ class Sampler(threading.Thread):
             if time.monotonic() - listed > 0.5:   # workers may come and go
                 pids, listed = group_pids(self.pgid), time.monotonic()
             self.peak_kb = max(self.peak_kb, sum(status_kb(p, "VmRSS") for p in pids))
+            self.peak_pss_kb = max(self.peak_pss_kb,
+                                   sum(status_kb(p, "Pss", "smaps_rollup") for p in pids))
             time.sleep(0.005)
 
 
@@ -106,9 +118,11 @@ def measure(name: str, port: int, pgid: int, message: bytes) -> dict[str, object
     row = {"target": name, "message_mb": round(len(message) / 2**20, 1), "refused": refused,
            "seconds": round(seconds, 2), "processes": len(pids),
            "idle_rss_mb": round(idle_kb / 1024, 1),
-           "peak_rss_mb": round(sampler.peak_kb / 1024, 1), "vmhwm_mb": hwm,
-           "under_target": sampler.peak_kb / 1024 < TARGET_MB}
-    print(f"{name:>15}: idle {row['idle_rss_mb']} MB, peak {row['peak_rss_mb']} MB "
+           "peak_rss_mb": round(sampler.peak_kb / 1024, 1),
+           "peak_pss_mb": round(sampler.peak_pss_kb / 1024, 1), "vmhwm_mb": hwm,
+           "under_target": sampler.peak_pss_kb / 1024 < TARGET_MB}
+    print(f"{name:>15}: idle RSS {row['idle_rss_mb']} MB, peak RSS {row['peak_rss_mb']} MB, "
+          f"peak PSS {row['peak_pss_mb']} MB "
           f"({len(pids)} processes, HWM {hwm}) in {row['seconds']} s", flush=True)
     return row
 
@@ -116,7 +130,9 @@ def measure(name: str, port: int, pgid: int, message: bytes) -> dict[str, object
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=30)
-    parser.add_argument("--targets", nargs="+", default=["filterd", "filterd-scored", "plain"])
+    parser.add_argument("--targets", nargs="+",
+                        default=["filterd", "filterd-scored", "filterd-scored[workers=2]", "plain"],
+                        help="filterd, filterd-scored, plain; [key=value,...] adds config overrides")
     args = parser.parse_args()
     message = big_message(int(args.size_mb * 2**20))
     rows = []
@@ -126,8 +142,11 @@ def main() -> int:
                 with harness.plain_relay(sink) as (port, proc):
                     rows.append(measure(name, port, proc.pid, message))
                 continue
-            overrides = {"scoring.max_bytes": len(message) + 1} if name == "filterd-scored" else {}
-            with harness.filterd(sink, **overrides) as (port, proc):
+            overrides = variant(name)
+            if name.startswith("filterd-scored"):
+                overrides["scoring.max_bytes"] = len(message) + 1
+            log = harness.RESULTS / "filterd-memory.log"
+            with harness.filterd(sink, log, **overrides) as (port, proc):
                 rows.append(measure(name, port, proc.pid, message))
     harness.write_results("memory", {"machine": harness.machine(), "args": vars(args),
                                      "runs": rows})
