@@ -49,6 +49,7 @@ class Worker:
     proc: asyncio.subprocess.Process
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter   # unused, but it holds our end of the channel open
+    ready: bool = False            # reported ready; only ready workers are asked to reload
     events: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
 
     async def pump(self) -> None:
@@ -65,6 +66,7 @@ class Supervisor:
         self.notifier = Notifier()
         self.workers: list[Worker] = []
         self.stopping = False
+        self.done = asyncio.Event()
         self.metrics_dir = tempfile.mkdtemp(prefix="filterd-metrics-")
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -95,22 +97,70 @@ class Supervisor:
         return sock
 
     async def _serve(self, sock: socket.socket) -> int:
-        address = format_address(sock.getsockname())
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop)
+        loop.add_signal_handler(signal.SIGINT, self._stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._task(self._reload()))
+        try:
+            if not await self._start_all(sock):
+                return 1
+            await self._supervise(sock)
+            codes = await asyncio.gather(*(w.proc.wait() for w in self.workers))
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return 0 if all(code == 0 for code in codes) else 1
+
+    async def _start_all(self, sock: socket.socket) -> bool:
         count = self.config.worker_count()
         self.workers = [await self._spawn(i, sock) for i in range(1, count + 1)]
-        results = await asyncio.gather(*(self._expect(w, "ready", STARTUP_TIMEOUT)
-                                         for w in self.workers))
+        results = await asyncio.gather(*(self._expect(w, STARTUP_TIMEOUT) for w in self.workers))
         failed = [text for event, text in results if event != "ready"]
-        if failed:
-            log.error("%s", failed[0] or "a worker exited while starting")
+        if failed and not self.stopping:
+            log.error("%s", failed[0])
             await self._terminate()
-            return 1
+            return False
+        if self.stopping:   # SIGTERM while starting: no READY, just the ordinary stop
+            return True
+        for worker in self.workers:
+            worker.ready = True
         version, provider = results[0][1].split("\t")[:2]
         metrics.MODEL.info({"version": version, "provider": provider})
+        address = format_address(sock.getsockname())
         log.info("ready: listening on %s, %d workers, model %s on %s", address, count,
                  version, provider)
         self.notifier.ready(f"listening on {address}, {count} workers, model {version}")
-        return await self._supervise()
+        return True
+
+    async def _supervise(self, sock: socket.socket) -> None:
+        """Until stopped: a worker that dies is replaced (its sessions are lost, the rest go on)."""
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            exits = {loop.create_task(w.proc.wait()): w for w in self.workers}
+            stop = loop.create_task(self.done.wait())
+            finished, pending = await asyncio.wait([*exits, stop],
+                                                   return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in finished & exits.keys():
+                if not self.stopping and not await self._replace(exits[task], sock):
+                    if not self.stopping:
+                        self._stop()
+
+    async def _replace(self, dead: Worker, sock: socket.socket) -> bool:
+        log.error("worker %d (pid %d) exited with status %s; starting a new one", dead.index,
+                  dead.proc.pid, dead.proc.returncode)
+        multiprocess.mark_process_dead(dead.proc.pid, self.metrics_dir)
+        worker = await self._spawn(dead.index, sock)
+        self.workers[self.workers.index(dead)] = worker
+        event, text = await self._expect(worker, STARTUP_TIMEOUT)
+        if event != "ready":
+            log.error("cannot replace worker %d: %s", worker.index, text)
+            return False
+        worker.ready = True
+        log.info("worker %d replaced (pid %d)", worker.index, worker.proc.pid)
+        return True
 
     async def _spawn(self, index: int, sock: socket.socket) -> Worker:
         ours, theirs = socket.socketpair()
@@ -132,8 +182,8 @@ class Supervisor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _expect(self, worker: Worker, wanted: str, timeout: float) -> tuple[str, str]:
-        """The next event from `worker` (skipping none); ("timeout", ...) if none comes in time."""
+    async def _expect(self, worker: Worker, timeout: float) -> tuple[str, str]:
+        """The next event from `worker`; ("timeout", ...) if none comes in time."""
         try:
             event, text = await asyncio.wait_for(worker.events.get(), timeout)
         except TimeoutError:
@@ -142,33 +192,13 @@ class Supervisor:
             return event, f"worker {worker.index} exited with status {await worker.proc.wait()}"
         return event, text
 
-    async def _supervise(self) -> int:
-        loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, self._stop, done)
-        loop.add_signal_handler(signal.SIGINT, self._stop, done)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._task(self._reload()))
-        exits = [loop.create_task(w.proc.wait()) for w in self.workers]
-        await asyncio.wait([*exits, loop.create_task(done.wait())],
-                                      return_when=asyncio.FIRST_COMPLETED)
-        if not self.stopping:
-            log.error("a worker exited unexpectedly; stopping the others")
-            self._stop(done)
-        codes = await asyncio.gather(*exits)
-        for worker in self.workers:
-            multiprocess.mark_process_dead(worker.proc.pid, self.metrics_dir)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        log.info("stopped")
-        return 0 if all(code == 0 for code in codes) else 1
-
-    def _stop(self, done: asyncio.Event) -> None:
+    def _stop(self) -> None:
         """Forward the stop to the workers; a second one makes them cut their sessions now."""
         if not self.stopping:
             self.notifier.stopping()
             log.info("stopping %d workers", len(self.workers))
         self.stopping = True
-        done.set()
+        self.done.set()
         self._signal(signal.SIGTERM)
 
     def _signal(self, sig: int) -> None:
@@ -191,9 +221,10 @@ class Supervisor:
             return
         for note in notes:
             log.warning("reload: %s", note)
-        self._signal(signal.SIGHUP)
-        results = await asyncio.gather(*(self._expect(w, "reloaded", STARTUP_TIMEOUT)
-                                         for w in self.workers))
+        ready = [w for w in self.workers if w.ready]   # one starting now reads the new config
+        for worker in ready:
+            worker.proc.send_signal(signal.SIGHUP)
+        results = await asyncio.gather(*(self._expect(w, STARTUP_TIMEOUT) for w in ready))
         refused = [text for event, text in results if event != "reloaded"]
         if refused:
             self._refused(refused[0])
@@ -213,6 +244,9 @@ class Supervisor:
 
 def run_worker(args: argparse.Namespace, config: Config) -> int:
     """One worker: the Daemon on the inherited socket, reporting over the channel."""
+    # Until the Daemon installs its handlers, a SIGTERM (the supervisor stopping while we
+    # load the model) ends this worker quietly: it has no sessions yet.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
     sock = socket.socket(fileno=args.listen_fd)
     channel = socket.socket(fileno=args.channel_fd)
     return asyncio.run(_worker_main(args, config, sock, channel))

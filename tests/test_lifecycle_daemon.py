@@ -10,6 +10,7 @@ traffic, with one process and with two workers.
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import socket
@@ -201,3 +202,27 @@ def test_metrics_count_traffic(make: Callable[..., Daemon], sink: Sink, workers:
     info = [k for k in samples if k.startswith("filterd_model_info{")]
     assert len(info) == 1 and 'version="' in info[0]
     assert samples.get("filterd_sessions_in_flight", 0) == 0
+
+
+def children(pid: int) -> set[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(p) for p in text.split()}
+
+
+def test_dead_worker_is_replaced(make: Callable[..., Daemon], sink: Sink) -> None:
+    daemon = make(workers=2).start()
+    assert daemon.proc is not None
+    before = children(daemon.proc.pid)
+    assert len(before) == 2
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: "starting a new one" in daemon.log(), 30, "the supervisor to notice")
+    after = wait_until(lambda: len(c := children(daemon.proc.pid)) == 2 and victim not in c and c,
+                       60, "a new worker")
+    assert len(after - before) == 1
+    wait_until(lambda: " replaced (pid " in daemon.log(), 60, "the new worker to be ready")
+    for n in range(4):
+        assert send(daemon.port, n)[0] == 250
+    assert len(sink.wait_for(4)) == 4
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
