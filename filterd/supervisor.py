@@ -144,9 +144,11 @@ class Supervisor:
             for task in pending:
                 task.cancel()
             for task in finished & exits.keys():
-                if not self.stopping and not await self._replace(exits[task], sock):
-                    if not self.stopping:
-                        self._stop()
+                if self.stopping:
+                    break
+                replaced = await self._replace(exits[task], sock)
+                if not replaced and not self.stopping:
+                    self._stop()
 
     async def _replace(self, dead: Worker, sock: socket.socket) -> bool:
         log.error("worker %d (pid %d) exited with status %s; starting a new one", dead.index,
