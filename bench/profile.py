@@ -79,6 +79,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=16)
     parser.add_argument("--messages", type=int, default=6000)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--gil", action="store_true",
+                        help="only samples holding the GIL (Python work; hides onnxruntime)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML")
     args = parser.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -96,6 +98,7 @@ def main() -> int:
         asyncio.run(drive(port, 8, 300, files, messages))   # warm up
         spy = subprocess.Popen([pyspy, "record", "-p", str(proc.pid), "--subprocesses", "-t",
                                 "--nonblocking", "-r", str(args.rate), "-f", "raw",
+                                *(["--gil"] if args.gil else []),
                                 "-o", str(raw)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
         time.sleep(1.0)
