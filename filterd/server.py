@@ -27,6 +27,7 @@ from filterd import log as logsetup
 from filterd import metrics
 from filterd.config import Config, load_config, load_scorer, split_hostport
 from filterd.errors import ConfigError
+from filterd.handler import FilterHandler, smtp_factory
 from filterd.notify import Notifier
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ class Daemon:
         self.forced = asyncio.Event()
         self.reload_lock = asyncio.Lock()
         self.address = ""
-        self.handler: Any = None
+        self.handler: FilterHandler | None = None
+        self.factory: Callable[[], Any] = lambda: None
         self.batcher: Any = None
         self.executor: ThreadPoolExecutor | None = None
         self._retiring: set[asyncio.Task[None]] = set()
@@ -122,8 +124,6 @@ class Daemon:
             self.batcher = await self._start_batcher(self.config, scorer)
             stack.push_async_callback(lambda: self.batcher.stop())
             relay = await self._start_relay(stack)
-            from filterd.handler import FilterHandler, smtp_factory
-
             self.handler = FilterHandler(self.config, self.batcher, relay)
             try:
                 server = await self._listen(smtp_factory(self.config, self.handler))
@@ -154,8 +154,10 @@ class Daemon:
         return relay
 
     async def _listen(self, factory: Callable[[], Any]) -> asyncio.Server:
+        self.factory = factory   # replaced on reload: greeting name, size limit, idle timeout
+
         def tracked() -> Any:
-            session = factory()
+            session = self.factory()
             self.sessions.add(session)
             return session
 
@@ -236,11 +238,13 @@ class Daemon:
             except ConfigError as exc:
                 self.report("refused", str(exc))
                 return
-            for note in notes:
-                log.warning("reload: %s", note)
+            for note in notes:   # with workers, the supervisor says it once
+                log.log(logging.WARNING if self.standalone else logging.DEBUG, "reload: %s", note)
             batcher = await self._start_batcher(config, scorer)
+            assert self.handler is not None   # reload() runs only once serving
             old, in_flight = self.batcher, self._transactions()
             self.handler.reconfigure(config, batcher)
+            self.factory = smtp_factory(config, self.handler)
             self.config, self.batcher = config, batcher
             logsetup.set_level(config.log.level)
             self.report("reloaded", f"{scorer.version}\t{scorer.provider}")

@@ -213,7 +213,9 @@ class Supervisor:
         await asyncio.gather(*(w.proc.wait() for w in self.workers))
 
     async def _reload(self) -> None:
-        if self.stopping:
+        ready = [w for w in self.workers if w.ready]   # one starting now reads the new config
+        if self.stopping or not ready:
+            log.warning("SIGHUP ignored: %s", "stopping" if self.stopping else "still starting")
             return
         self.notifier.reloading()
         try:
@@ -223,7 +225,6 @@ class Supervisor:
             return
         for note in notes:
             log.warning("reload: %s", note)
-        ready = [w for w in self.workers if w.ready]   # one starting now reads the new config
         for worker in ready:
             worker.proc.send_signal(signal.SIGHUP)
         results = await asyncio.gather(*(self._expect(w, STARTUP_TIMEOUT) for w in ready))

@@ -113,9 +113,12 @@ def test_reload_while_messages_flow(make: Callable[..., Daemon], sink: Sink, tmp
     flow = Flow(daemon.port).start()
     try:
         wait_until(lambda: len(flow.replies) >= 3, 60, "messages before the reload")
-        daemon.write_config(model={"path": str(v2), "device": "cpu"})
+        daemon.write_config(model={"path": str(v2), "device": "cpu"},
+                            hostname="reloaded.test.invalid", listen="127.0.0.1:1")
         daemon.signal(signal.SIGHUP)
         wait_until(lambda: "reloaded: model lifecycle-v2" in daemon.log(), 60, "the reload")
+        assert b" reloaded.test.invalid " in greets(daemon.port)   # applied to new sessions
+        assert "reload: listen changed ('127.0.0.1:0' -> '127.0.0.1:1'): restart" in daemon.log()
         seen = len(flow.replies)
         daemon.write_config(model={"path": str(broken), "device": "cpu"})
         daemon.signal(signal.SIGHUP)
