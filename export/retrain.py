@@ -145,17 +145,17 @@ def train(train_root: Path, out: Path, overrides: list[str]) -> None:
         raise RetrainError("training failed (see its output above); the live model is unchanged")
 
 
-def reload_filterd(command: str | None) -> None:
+def reload_filterd(command: str | None, proc: Path = Path("/proc")) -> None:
     """Make the running daemon load the new model; skip, saying so, when none is running."""
     if command:
         result = subprocess.run(shlex.split(command), capture_output=True, text=True, check=False)
         if result.returncode != 0:
             log.warning("reload command %r failed: %s", command, result.stderr.strip())
         return
-    pid = main_pid("filterd.service")
+    pid = main_pid("filterd.service", proc)
     if pid is None:
         log.warning(
-            "filterd.service is not running here; skipping reload "
+            "filterd.service is not running here (or runs as another user); skipping reload "
             "(filterd loads the new model when it starts)"
         )
         return
@@ -168,20 +168,27 @@ def reload_filterd(command: str | None) -> None:
         log.warning("cannot signal filterd (pid %d): %s; run `systemctl reload filterd`", pid, exc)
 
 
-def main_pid(unit: str) -> int | None:
-    """The unit's main PID from systemd, or None (not running, no systemd, no systemctl)."""
-    try:
-        result = subprocess.run(
-            ["systemctl", "show", "--property=MainPID", "--value", unit],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    value = result.stdout.strip()
-    return int(value) if result.returncode == 0 and value.isdigit() and int(value) > 0 else None
+def main_pid(unit: str, proc: Path = Path("/proc")) -> int | None:
+    """The main process of a running systemd unit, or None.
+
+    Found through /proc rather than `systemctl show`: an unprivileged DynamicUser= service
+    often cannot use D-Bus (dbus-daemon rejects UIDs it cannot resolve without
+    nss-systemd). The unit's processes are those whose cgroup path ends in the unit's
+    name; the main one is the process whose parent is not among them.
+    """
+    members: dict[int, int] = {}  # pid -> parent pid
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cgroups = (entry / "cgroup").read_text().splitlines()
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile, or not ours to see (ProtectProc=invisible)
+            continue
+        if any(line.split(":", 2)[-1].endswith(f"/{unit}") for line in cgroups):
+            members[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])  # "pid (comm) S ppid"
+    roots = [pid for pid, parent in members.items() if parent not in members]
+    return min(roots) if roots else None
 
 
 @contextmanager

@@ -15,13 +15,15 @@ import subprocess
 import sys
 import tarfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
 from export import install
-from export.retrain import Figures, Rule, decide, holdout_of, reload_filterd
+from export.retrain import Figures, Rule, decide, holdout_of, main_pid, reload_filterd
 from filterd.scorer import Scorer, read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,10 +99,9 @@ def mail(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     }
 
 
-@pytest.fixture(scope="module")
-def hup_listener(tmp_path_factory: pytest.TempPathFactory):
-    """A stand-in for filterd that records each SIGHUP it gets in a file."""
-    record = tmp_path_factory.mktemp("hup") / "hups"
+@contextmanager
+def hup_recorder(record: Path) -> Iterator[int]:
+    """A stand-in for filterd: a process that appends a line to `record` on each SIGHUP."""
     code = (
         "import signal, sys, time\n"
         f"signal.signal(signal.SIGHUP, lambda *a: open({str(record)!r}, 'a').write('HUP\\n'))\n"
@@ -109,9 +110,25 @@ def hup_listener(tmp_path_factory: pytest.TempPathFactory):
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-            yield proc.pid, record
+            yield proc.pid
         finally:
             proc.kill()
+
+
+def hups(record: Path) -> str:
+    """What the recorder wrote, once it wrote anything: signals are handled asynchronously."""
+    for _ in range(1000):
+        if record.exists() and record.read_text():
+            break
+        threading.Event().wait(0.01)
+    return record.read_text()
+
+
+@pytest.fixture(scope="module")
+def hup_listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    record = tmp_path_factory.mktemp("hup") / "hups"
+    with hup_recorder(record) as pid:
+        yield pid, record
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +152,7 @@ def test_good_candidate_is_installed_and_filterd_reloaded(state: Path, hup_liste
     assert model.is_symlink()
     assert model.resolve().parent == install.versions_dir(model)
     assert Scorer.load(model).version == record["candidate"]["version"]
-    assert hup_listener[1].read_text() == "HUP\n"
+    assert hups(hup_listener[1]) == "HUP\n"
     # The copies of users' mail made for training are gone; no candidate is left over.
     assert not (state / "retrain" / "run").exists()
     assert not list(install.versions_dir(model).glob(".candidate-*"))
@@ -229,11 +246,40 @@ def test_install_rule_without_live_model() -> None:
 
 
 def test_reload_is_skipped_when_filterd_is_not_running(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))  # no systemctl: as on a host without systemd
-    reload_filterd(None)
-    assert "not running here; skipping reload" in caplog.text
+    # A fake /proc: the real one may hold a real filterd, which a test must not signal.
+    fake_process(tmp_path / "proc", 1, 0, "/init.scope")
+    reload_filterd(None, tmp_path / "proc")
+    assert "not running here" in caplog.text and "skipping reload" in caplog.text
+
+
+def test_reload_signals_the_main_process_of_filterd_service(tmp_path: Path) -> None:
+    record = tmp_path / "hups"
+    with hup_recorder(record) as pid:
+        fake_process(tmp_path / "proc", pid, 1, "/system.slice/filterd.service")
+        reload_filterd(None, tmp_path / "proc")
+        assert hups(record) == "HUP\n"
+
+
+def fake_process(proc: Path, pid: int, ppid: int, cgroup: str) -> None:
+    (proc / str(pid)).mkdir(parents=True)
+    (proc / str(pid) / "cgroup").write_text(f"0::{cgroup}\n")
+    (proc / str(pid) / "stat").write_text(f"{pid} (python3 (x)) S {ppid} {pid} {pid} 0 -1\n")
+
+
+def test_main_pid_is_the_unit_process_whose_parent_is_outside_it(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    fake_process(proc, 1, 0, "/init.scope")
+    fake_process(proc, 700, 1, "/system.slice/filterd.service")  # supervisor
+    fake_process(proc, 701, 700, "/system.slice/filterd.service")  # a worker
+    fake_process(proc, 702, 700, "/system.slice/filterd.service")
+    fake_process(proc, 800, 1, "/system.slice/filterd-retrain.service")
+    (proc / "self").mkdir()
+    (proc / "900").mkdir()  # another user's process, hidden by ProtectProc=invisible
+    assert main_pid("filterd.service", proc) == 700
+    assert main_pid("filterd-retrain.service", proc) == 800
+    assert main_pid("postfix.service", proc) is None
 
 
 @pytest.fixture
