@@ -107,3 +107,21 @@ def test_filterd_down_postfix_defers_then_delivers_everything(
         assert_intact(raw, got[rcpt])
         verdict(got[rcpt])
     after.postfix.wait_empty()
+
+
+def test_xforward_carries_the_original_queue_id_to_the_reinjection_smtpd(
+    after: MailPath, tmp_path: Path
+) -> None:
+    """Postfix sends XFORWARD to filterd and filterd passes it on (XFORWARD_README), so the
+    re-injection smtpd logs the original client and queue id (Received: lines are not
+    affected: Postfix always writes the real peer there)."""
+    after.sink.clear()
+    message = (b"From: a@example.org\r\nDate: Thu, 26 Nov 2026 12:00:00 +0000\r\n"
+               b"Message-ID: <xforward@example.org>\r\nSubject: who sent this\r\n\r\nhi\r\n")
+    result = swaks(after.postfix.smtp_port, message, tmp_path, to="xforward@example.com")
+    match = re.search(r"queued as ([0-9A-F]+)", result.data_reply())
+    assert match, result.transcript
+    after.sink.wait_for(1)
+    after.postfix.wait_empty()
+    assert f"orig_queue_id={match.group(1)}, orig_client=localhost[127.0.0.1]" in \
+        after.postfix.maillog()
