@@ -67,6 +67,13 @@ def _string(value: Any, key: str) -> str:
     return value
 
 
+def _hostname(value: Any, key: str) -> str:
+    name = _string(value, key)
+    if any(c.isspace() for c in name) or len(name) > 253:
+        raise ConfigError(f"{key}: {name!r} is not a host name")
+    return name
+
+
 def _nullable(check: Check) -> Check:
     return lambda value, key: None if value is None else check(value, key)
 
@@ -221,7 +228,7 @@ class Config:
     listen: str = _opt("127.0.0.1:10025", _hostport(0))
     next_hop: str = _opt("127.0.0.1:10026", _hostport(1))
     metrics: str | None = _opt("127.0.0.1:9125", _nullable(_hostport(0)))
-    hostname: str | None = _opt(None, _nullable(_string))
+    hostname: str | None = _opt(None, _nullable(_hostname))
     workers: int | str = _opt(1, _workers)
     allowed_networks: tuple[str, ...] = _opt(_LOOPBACK, _networks)
     xforward_networks: tuple[str, ...] = _opt(_LOOPBACK, _networks)

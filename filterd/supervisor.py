@@ -172,7 +172,8 @@ class Supervisor:
             sys.executable, "-m", "filterd", "serve", "-c", self.config_path,
             "--worker", str(index), "--listen-fd", str(sock.fileno()),
             "--channel-fd", str(theirs.fileno()),
-            pass_fds=(sock.fileno(), theirs.fileno()), env=env, stdin=asyncio.subprocess.DEVNULL)
+            pass_fds=(sock.fileno(), theirs.fileno()), env=env, stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True)   # Ctrl-C reaches the supervisor only; it passes it on once
         theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
         worker = Worker(index, proc, reader, writer)

@@ -31,6 +31,7 @@ BROKEN = [
     ("bad host:port", "next_hop: mail.example.org\n", "next_hop"),
     ("bad port", "listen: 127.0.0.1:70000\n", "listen"),
     ("bad IPv6 host:port", "metrics: '::1:9125'\n", "metrics"),
+    ("bad host name", "hostname: 'mail server'\n", "hostname"),
     ("bad network", "allowed_networks: [127.0.0.0/8, 10.0.0.0/40]\n", "allowed_networks[1]"),
     ("inconsistent thresholds", "policy:\n  tag_at: 0.9\n  reject_at: 0.5\n", "policy.reject_at"),
 ]
