@@ -316,3 +316,32 @@ def write_mail(corpus_dir: Path, mail: Path) -> None:
                 (mail / name / "cur" / f"{count}.test:2,S").write_bytes(data)
     for path in [mail, *mail.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_cuda_drop_in_loads_and_still_serves(booted: Booted) -> None:
+    """Without a GPU the device allow list names absent devices; the unit must still run."""
+    booted.run(
+        "mkdir -p /etc/systemd/system/filterd.service.d && "
+        "cp /opt/filterd/src/systemd/cuda.conf /etc/systemd/system/filterd.service.d/ && "
+        "systemctl daemon-reload && systemctl restart filterd.service"
+    )
+    try:
+        props = booted.show("filterd", "ActiveState", "PrivateDevices", "DevicePolicy")
+        assert props == {"ActiveState": "active", "PrivateDevices": "no", "DevicePolicy": "closed"}
+        allow = booted.run("systemctl show filterd -p DeviceAllow").stdout  # one line each
+        assert "char-nvidia-frontend rw" in allow and "char-nvidia-uvm rw" in allow
+        assert swaks_ok(booted)
+    finally:
+        booted.run(
+            "rm -r /etc/systemd/system/filterd.service.d && systemctl daemon-reload && "
+            "systemctl stop filterd.service"
+        )
+
+
+def test_timer_schedules_the_retraining(booted: Booted) -> None:
+    booted.run("systemctl enable --now filterd-retrain.timer")
+    props = booted.show(
+        "filterd-retrain.timer", "ActiveState", "Unit", "NextElapseUSecRealtime", "Persistent"
+    )
+    assert props["ActiveState"] == "active" and props["Unit"] == "filterd-retrain.service"
+    assert props["Persistent"] == "yes" and props["NextElapseUSecRealtime"]
