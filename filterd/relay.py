@@ -71,6 +71,8 @@ def _printable(text: str) -> str:
 
 
 def _addr(address: str) -> bytes:
+    if address in ("", "<>"):
+        return b"<>"   # the null reverse-path of bounces (RFC 5321 4.5.5); aiosmtpd says "<>"
     # aiosmtpd decodes arguments as UTF-8 with surrogateescape: this gives the original bytes.
     return b"<" + address.encode("utf-8", "surrogateescape") + b">"
 

@@ -7,7 +7,10 @@ aiosmtpd owns the protocol; this subclass only fills four gaps, each small:
   with 555, so we take them off the command line, keep them verbatim, and let the
   handler pass them on;
 * the access check and connection limit happen before the greeting (RFC 5321 3.1: 554);
-* the idle timeout says 421 before closing (RFC 5321 4.2: 421 closes the channel).
+* the idle timeout says 421 before closing (RFC 5321 4.2: 421 closes the channel);
+* `<path>` arguments are taken literally (RFC 5321 4.1.2) instead of through the email
+  package's RFC 5322 parser, which reads `(` as the start of a comment and turned
+  `<x(y@example.org>` into `x`; it is also a tenth of the cost per command.
 
 Lines up to 1 MiB are accepted (RFC 5321 4.5.3.1.6 says 1000 octets, Postfix keeps to
 that, but hostile or sloppy senders do not, and rejecting would bounce their mail).
@@ -32,6 +35,8 @@ _MAIL_EXTRA = frozenset({"RET", "ENVID"})
 _RCPT_EXTRA = frozenset({"NOTIFY", "ORCPT"})
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 _XFORWARD_ITEM = re.compile(r"^([A-Za-z]+)=(\S*)$")
+# RFC 5321 4.1.2: Path = "<" [ A-d-l ":" ] Mailbox ">"; the source route is dropped (C.2).
+_PATH = re.compile(r"\s*<(?:@[^<>:]*:)?([^<>]*)>(.*)\Z", re.DOTALL)
 
 
 class FilterSession(Session):
@@ -77,6 +82,13 @@ class FilterSMTP(SMTP):
         if self.transport is not None and not self.transport.is_closing():
             self._writer.write(replies.S421_IDLE_TIMEOUT.encode("ascii") + b"\r\n")
         super()._timeout_cb()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        match = _PATH.match(arg) if arg else None
+        if match is None:
+            return super()._getaddr(arg)   # no angle brackets: aiosmtpd's lenient parse
+        # aiosmtpd spells the null reverse-path "<>"; keep that so the hooks see the same.
+        return match.group(1) or "<>", match.group(2)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         arg, self.extra_params = _take_params(arg, _MAIL_EXTRA)

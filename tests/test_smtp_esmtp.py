@@ -229,3 +229,15 @@ def test_scoring_failure(make_filterd: Any, sink: Any, scorer: Any, on_error: st
         broken.stop()
     assert sink.received == [] if on_error == "tempfail" else len(sink.received) == 1
     assert any("injected inference failure" in str(r.exc_info) for r in caplog.records)
+
+
+def test_null_sender_and_odd_addresses_are_relayed_literally(filterd: Any, sink: Any) -> None:
+    script = (b"EHLO t\r\n"
+              b"MAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\nSubject: bounce\r\n\r\nx\r\n.\r\n"
+              b"MAIL FROM:<x(y@example.org> SIZE=30\r\nRCPT TO:<@relay.example:u@example.org>\r\n"
+              b"DATA\r\nSubject: odd\r\n\r\nx\r\n.\r\nQUIT\r\n")
+    got = talk(filterd.port, script, expect=10)
+    assert [code(r) for r in got] == [250, 250, 250, 354, 250, 250, 250, 354, 250, 221]
+    bounce, odd = sink.wait_for(2)
+    assert (bounce.mail_from, bounce.rcpt_tos) == ("<>", ["postmaster"])
+    assert (odd.mail_from, odd.rcpt_tos) == ("x(y@example.org", ["u@example.org"])
