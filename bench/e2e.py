@@ -35,22 +35,6 @@ from bench import harness
 SOURCE_PROCESSES = 4
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User+system CPU of every live process in a process group (the server and its workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields after "comm)": state ppid pgrp ...
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 async def probe(port: int, messages: list[bytes], done: asyncio.Event, limit: int) -> list[float]:
     """One session: send messages back to back until `done` (or `limit` sent); seconds each."""
     latencies: list[float] = []
@@ -109,13 +93,14 @@ async def run_load(port: int, sessions: int, total: int, files: list[Path],
             "p99_ms": round(cuts[98] * 1000, 2)}
 
 
-async def measure(name: str, port: int, pgid: int | None, sessions: int, total: int,
+async def measure(name: str, port: int, root: int | None, sessions: int, total: int,
                   files: list[Path], messages: list[bytes]) -> dict[str, object]:
     load = os.getloadavg()[0]
-    cpu0 = group_cpu_seconds(pgid) if pgid else 0.0
+    pids = harness.tree(root) if root else []
+    cpu0 = harness.cpu_seconds(pids)
     figures: dict[str, object] = dict(await run_load(port, sessions, total, files, messages))
-    if pgid:
-        cpu = group_cpu_seconds(pgid) - cpu0
+    if root:
+        cpu = harness.cpu_seconds(pids) - cpu0
         figures["server_cpu_ms_per_msg"] = round(cpu * 1000 / int(figures["messages"]), 3)
     figures.update(target=name, sessions=sessions, loadavg_1m=load)
     print(f"{name:>10} S={sessions:<3} {figures['msgs_per_s']:>8} msg/s  "
@@ -134,9 +119,9 @@ async def bench(args: argparse.Namespace, targets: dict[str, tuple[int, int | No
         await run_load(port, 8, 200, files, messages)
     runs = []
     for sessions in args.sessions:
-        for name, (port, pgid) in targets.items():
+        for name, (port, root) in targets.items():
             total = messages_for(sessions, args.messages)
-            runs.append(await measure(name, port, pgid, sessions, total, files, messages))
+            runs.append(await measure(name, port, root, sessions, total, files, messages))
     return runs
 
 

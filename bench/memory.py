@@ -4,7 +4,7 @@
 
 Starts the server under test in front of smtp-sink, sends one message of `--size-mb` (a
 corpus message with a base64 attachment of random bytes, 76-character lines) over SMTP and,
-meanwhile, samples the resident memory (VmRSS) of every process in the server's process group
+meanwhile, samples the resident memory (VmRSS) of the server process and all its descendants
 every 5 ms. Reports the idle RSS, the peaks of the summed RSS and PSS (shared pages split
 between processes; the figure held against the target), and each process's own high-water
 mark (VmHWM). Targets:
@@ -37,17 +37,8 @@ from bench.e2e import variant
 TARGET_MB = 300
 
 
-def group_pids(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:
-                pids.append(int(entry))
-    return pids
+def group_pids(root: int) -> list[int]:
+    return harness.tree(root)
 
 
 def status_kb(pid: int, key: str, file: str = "status") -> int:
@@ -62,22 +53,22 @@ def status_kb(pid: int, key: str, file: str = "status") -> int:
 
 
 class Sampler(threading.Thread):
-    """Sums VmRSS and Pss over the process group every 5 ms; keeps the peaks.
+    """Sums VmRSS and Pss over the server's process tree every 5 ms; keeps the peaks.
 
     RSS counts the pages workers share (Python, onnxruntime, the model) once per process;
     Pss splits them between the processes, so its sum is the memory the daemon really holds.
     """
 
-    def __init__(self, pgid: int) -> None:
+    def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
-        self.pgid, self.peak_kb, self.peak_pss_kb = pgid, 0, 0
+        self.root, self.peak_kb, self.peak_pss_kb = root, 0, 0
         self.stop = threading.Event()
 
     def run(self) -> None:
-        pids, listed = group_pids(self.pgid), time.monotonic()
+        pids, listed = group_pids(self.root), time.monotonic()
         while not self.stop.is_set():
             if time.monotonic() - listed > 0.5:   # workers may come and go
-                pids, listed = group_pids(self.pgid), time.monotonic()
+                pids, listed = group_pids(self.root), time.monotonic()
             self.peak_kb = max(self.peak_kb, sum(status_kb(p, "VmRSS") for p in pids))
             self.peak_pss_kb = max(self.peak_pss_kb,
                                    sum(status_kb(p, "Pss", "smaps_rollup") for p in pids))
@@ -101,11 +92,11 @@ def big_message(size: int) -> bytes:
     return (prefix + payload + suffix).replace(b"\n", b"\r\n")
 
 
-def measure(name: str, port: int, pgid: int, message: bytes) -> dict[str, object]:
+def measure(name: str, port: int, root: int, message: bytes) -> dict[str, object]:
     time.sleep(0.5)
-    pids = group_pids(pgid)
+    pids = group_pids(root)
     idle_kb = sum(status_kb(p, "VmRSS") for p in pids)
-    sampler = Sampler(pgid)
+    sampler = Sampler(root)
     sampler.start()
     start = time.perf_counter()
     with smtplib.SMTP("127.0.0.1", port, timeout=300) as client:
@@ -114,7 +105,7 @@ def measure(name: str, port: int, pgid: int, message: bytes) -> dict[str, object
     time.sleep(0.2)
     sampler.stop.set()
     sampler.join()
-    hwm = {pid: round(status_kb(pid, "VmHWM") / 1024, 1) for pid in group_pids(pgid)}
+    hwm = {pid: round(status_kb(pid, "VmHWM") / 1024, 1) for pid in group_pids(root)}
     row = {"target": name, "message_mb": round(len(message) / 2**20, 1), "refused": refused,
            "seconds": round(seconds, 2), "processes": len(pids),
            "idle_rss_mb": round(idle_kb / 1024, 1),
