@@ -23,7 +23,15 @@ import pytest
 import yaml
 
 from export import install
-from export.retrain import Figures, Rule, decide, holdout_of, main_pid, reload_filterd
+from export.retrain import (
+    Figures,
+    Rule,
+    decide,
+    holdout_of,
+    mailbox_parts,
+    main_pid,
+    reload_filterd,
+)
 from filterd.scorer import Scorer, read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -352,3 +360,11 @@ def test_failed_swap_leaves_the_live_model(
         install.install(fresh_copy(artifact, 1), model)
     assert model.resolve() == first
     read_manifest(model)
+
+
+def test_a_maildir_is_its_own_messages_only(tmp_path: Path) -> None:
+    inbox = maildir(tmp_path / "Maildir", [b"Subject: a\n\nx\n"])
+    maildir(inbox / ".Junk", [b"Subject: b\n\ny\n"])  # a Maildir++ subfolder: another mailbox
+    assert mailbox_parts(inbox) == [inbox / "cur", inbox / "new"]
+    assert mailbox_parts(inbox / ".Junk") == [inbox / ".Junk" / "cur", inbox / ".Junk" / "new"]
+    assert mailbox_parts(tmp_path / "an.mbox") == [tmp_path / "an.mbox"]
