@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.postfix import MailPath, assert_intact, corpus_messages, swaks
+from tests.fixtures.postfix import MailPath, assert_intact, corpus_messages, swaks, wait_until
 
 pytestmark = [pytest.mark.postfix, pytest.mark.corpus, pytest.mark.slow]
 
@@ -61,3 +61,25 @@ def test_reject_reaches_the_sending_client_as_5xx(before: MailPath, spam: list[b
         assert before.filterd.alive()
     finally:
         before.filterd.restart(policy={"reject_at": None})
+
+
+def test_filterd_down_the_client_is_told_to_retry(before: MailPath, ham: list[bytes],
+                                                  tmp_path: Path) -> None:
+    """Before-queue there is no queue to keep the mail in: the client must get a 4xx."""
+    assert before.filterd is not None
+    before.sink.clear()
+    before.filterd.stop()
+    try:
+        result = swaks(before.postfix.smtp_port, ham[1], tmp_path, to="later@example.com")
+        assert any(reply.startswith("4") for reply in result.replies()), result.transcript
+        assert not any(r.startswith("250 2.0.0") for r in result.replies()), result.transcript
+        assert before.postfix.queue() == []
+    finally:
+        before.filterd.start()
+    retry = swaks(before.postfix.smtp_port, ham[1], tmp_path, to="later@example.com")
+    assert retry.data_reply().startswith("250"), retry.transcript
+    # Postfix also mails the postmaster a transcript of the failed session (notify_classes).
+    wait_until(lambda: any(m.rcpt_tos == ["later@example.com"] for m in before.sink.messages),
+               60, "the retried message at the sink")
+    (got,) = [m for m in before.sink.messages if m.rcpt_tos == ["later@example.com"]]
+    assert_intact(ham[1], got)
