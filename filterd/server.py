@@ -24,23 +24,20 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from filterd import log as logsetup
-from filterd import metrics
+from filterd import metrics, replies
+from filterd.batcher import Batcher
 from filterd.config import Config, load_config, load_scorer, split_hostport
 from filterd.errors import ConfigError
 from filterd.handler import FilterHandler, smtp_factory
 from filterd.notify import Notifier
+from filterd.relay import Relay
 
 log = logging.getLogger(__name__)
 
 # Keys read once when a part is built; a reload keeps their old values and says so.
 RESTART_KEYS = ("listen", "workers", "metrics", "next_hop", "relay",
                 "timeouts.next_hop_connect", "timeouts.next_hop")
-S421_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, try again later\r\n"
-try:  # the reply lives in replies.py (SMTP path); keep working while it is being written
-    from filterd.replies import S421_SHUTTING_DOWN as _REPLY
-    S421_SHUTTING_DOWN = _REPLY.encode() + b"\r\n"
-except ImportError:  # pragma: no cover
-    pass
+_SHUTDOWN_LINE = replies.S421_SHUTTING_DOWN.encode("ascii") + b"\r\n"
 
 
 def _get(config: Config, key: str) -> Any:
@@ -78,7 +75,7 @@ def is_open(session: Any) -> bool:
 def close_421(session: Any) -> None:
     """RFC 5321 section 3.8: a server that must shut down answers 421 and closes."""
     if is_open(session):
-        session.transport.write(S421_SHUTTING_DOWN)
+        session.transport.write(_SHUTDOWN_LINE)
         session.transport.close()
 
 
@@ -104,7 +101,7 @@ class Daemon:
         self.factory: Callable[[], Any] = lambda: None
         self.batcher: Any = None
         self.executor: ThreadPoolExecutor | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- building and stopping ------------------------------------------------------------
 
@@ -138,16 +135,12 @@ class Daemon:
         return 0
 
     async def _start_batcher(self, config: Config, scorer: Any) -> Any:
-        from filterd.batcher import Batcher
-
         batcher = Batcher(scorer, config.scoring.max_batch, config.scoring.max_wait_ms,
                           self.executor)
         await batcher.start()
         return batcher
 
     async def _start_relay(self, stack: AsyncExitStack) -> Any:
-        from filterd.relay import Relay
-
         relay = Relay(self.config)
         await relay.start()
         stack.push_async_callback(relay.stop)
@@ -191,7 +184,7 @@ class Daemon:
             log.warning("shutdown: closing a session still in a transaction with 421")
             close_421(session)
         await asyncio.sleep(0.1)  # let connection_lost run and the session tasks unwind
-        tasks = list(self._retiring)
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -224,8 +217,8 @@ class Daemon:
             log.warning("SIGHUP ignored: still starting")
         elif not self.stopping.is_set():
             task = asyncio.get_running_loop().create_task(self.reload())
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     # --- reload --------------------------------------------------------------------------
 
@@ -249,8 +242,8 @@ class Daemon:
             logsetup.set_level(config.log.level)
             self.report("reloaded", f"{scorer.version}\t{scorer.provider}")
             task = asyncio.get_running_loop().create_task(self._retire(old, in_flight))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _transactions(self) -> dict[Any, Any]:
         return {s: s.envelope for s in self.sessions if is_open(s) and in_transaction(s)}
