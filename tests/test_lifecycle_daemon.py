@@ -229,3 +229,14 @@ def test_dead_worker_is_replaced(make: Callable[..., Daemon], sink: Sink) -> Non
     assert len(sink.wait_for(4)) == 4
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
+
+
+def test_metrics_port_taken_mail_still_flows(make: Callable[..., Daemon], sink: Sink) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon = make(metrics=f"127.0.0.1:{port}").start()
+        assert f"metrics endpoint off: cannot listen on 127.0.0.1:{port}" in daemon.log()
+        assert send(daemon.port, 1)[0] == 250
+    assert len(sink.wait_for(1)) == 1
