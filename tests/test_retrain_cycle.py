@@ -199,7 +199,7 @@ def test_too_little_mail_trains_nothing(mail: dict[str, Path], tmp_path: Path) -
     assert not list((tmp_path / "state").glob("model.versions/*"))
 
 
-def test_a_second_run_waits_for_none(tmp_path: Path) -> None:
+def test_a_second_run_at_the_same_time_fails_at_once(tmp_path: Path) -> None:
     """While one run holds the lock, another fails at once instead of racing it."""
     state = tmp_path / "state"
     (state / "retrain").mkdir(parents=True)
