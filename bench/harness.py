@@ -122,7 +122,7 @@ def filterd(next_hop: int, log: Path | None = None, **overrides: object) -> Iter
     port = free_port()
     config = filterd_config(port, next_hop, **overrides)
     try:
-        with child([PYTHON, "-m", "bench.serve", "-c", str(config)], port, log,
+        with child([PYTHON, "-m", "filterd", "serve", "-c", str(config)], port, log,
                    cwd=REPO) as proc:
             yield port, proc
     finally:
