@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Every bench, one after the other, with the figures the README quotes (a few minutes).
+#
+#   bench/all.sh            (from anywhere; runs in the repository root)
+#
+# Results: bench/results/{e2e,model,memory,accuracy}-<UTC time>.json. Runs `uptime` between
+# benches: on a shared machine, read each figure beside the load it was measured under.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+step() { echo; echo "== $* ($(date -u +%H:%M:%SZ), load: $(cut -d' ' -f1-3 /proc/loadavg))"; }
+step e2e;      "$PY" -m bench.e2e --targets direct plain plain2 filterd "filterd[workers=2]"
+step model;    "$PY" -m bench.model --seconds 0.5
+step memory;   "$PY" -m bench.memory
+step accuracy; PYTHON="$PY" bench/accuracy.sh
