@@ -34,16 +34,19 @@ from tests.fixtures.lifecycle import (
 )
 from tests.fixtures.postfix import Sink
 
+pytestmark = [pytest.mark.slow]   # each test starts filterd and loads the model
+
 
 @pytest.fixture
-def sink() -> Iterator[Sink]:
+def recorder() -> Iterator[Sink]:
+    """The next hop: a recording aiosmtpd server (the Postfix fixtures' Sink)."""
     sink = Sink().start()
     yield sink
     sink.stop()
 
 
 @pytest.fixture
-def daemons(tmp_path: Path, sink: Sink) -> Iterator[list[Daemon]]:
+def daemons(tmp_path: Path, recorder: Sink) -> Iterator[list[Daemon]]:
     """Every Daemon a test makes goes in this list; all are stopped afterwards."""
     made: list[Daemon] = []
     yield made
@@ -52,12 +55,12 @@ def daemons(tmp_path: Path, sink: Sink) -> Iterator[list[Daemon]]:
 
 
 @pytest.fixture
-def make(tmp_path: Path, sink: Sink, daemons: list[Daemon]) -> Callable[..., Daemon]:
+def make(tmp_path: Path, recorder: Sink, daemons: list[Daemon]) -> Callable[..., Daemon]:
     if not (shipped_model() / "manifest.json").exists():
         pytest.fail(f"no model at {shipped_model()}")
 
     def make(**overrides: object) -> Daemon:
-        daemon = Daemon(tmp_path / f"d{len(daemons)}", sink.port, **overrides)
+        daemon = Daemon(tmp_path / f"d{len(daemons)}", recorder.port, **overrides)
         daemons.append(daemon)
         return daemon
 
@@ -105,7 +108,7 @@ def test_notify_sequence(make: Callable[..., Daemon], tmp_path: Path, workers: i
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_reload_while_messages_flow(make: Callable[..., Daemon], sink: Sink, tmp_path: Path,
+def test_reload_while_messages_flow(make: Callable[..., Daemon], recorder: Sink, tmp_path: Path,
                                     workers: int) -> None:
     v2 = copy_model(shipped_model(), tmp_path / "model-v2", version="lifecycle-v2")
     broken = corrupt_model(shipped_model(), tmp_path / "model-broken")
@@ -131,7 +134,7 @@ def test_reload_while_messages_flow(make: Callable[..., Daemon], sink: Sink, tmp
         flow.stop()
     assert flow.errors == []
     assert flow.replies and all(code == 250 for code, _ in flow.replies), flow.replies
-    delivered = sink.wait_for(len(flow.replies))
+    delivered = recorder.wait_for(len(flow.replies))
     assert len(delivered) == len(flow.replies)
     assert "model=lifecycle-v2" in (delivered[-1].header("X-Spam-Status") or "")
     refusals = [line for line in daemon.log().splitlines() if "reload refused" in line]
@@ -141,7 +144,7 @@ def test_reload_while_messages_flow(make: Callable[..., Daemon], sink: Sink, tmp
     assert "Traceback" not in daemon.log()
 
 
-def test_sigterm_mid_transaction_completes_then_exits_0(make: Callable[..., Daemon], sink: Sink) -> None:
+def test_sigterm_mid_transaction_completes_then_exits_0(make: Callable[..., Daemon], recorder: Sink) -> None:
     daemon = make().start()
     with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as idle, \
             smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
@@ -153,7 +156,7 @@ def test_sigterm_mid_transaction_completes_then_exits_0(make: Callable[..., Daem
         wait_until(lambda: "stopped accepting" in daemon.log(), 30, "the drain to start")
         code, _ = client.data(message(1))
         assert code == 250
-        assert sink.wait_for(1)[0].header("Subject") == "test message 1"
+        assert recorder.wait_for(1)[0].header("Subject") == "test message 1"
         assert idle.getreply()[0] == 421        # idle sessions are told, not dropped
         assert client.getreply()[0] == 421      # and so is ours once its transaction ended
     assert daemon.wait() == 0
@@ -191,12 +194,12 @@ def test_missing_model_one_error_line(make: Callable[..., Daemon], tmp_path: Pat
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_metrics_count_traffic(make: Callable[..., Daemon], sink: Sink, workers: int) -> None:
+def test_metrics_count_traffic(make: Callable[..., Daemon], recorder: Sink, workers: int) -> None:
     daemon = make(workers=workers, metrics="127.0.0.1:0").start()
     assert daemon.metrics_port
     for n in range(6):
         assert send(daemon.port, n)[0] == 250
-    sink.wait_for(6)
+    recorder.wait_for(6)
     samples = scrape(daemon.metrics_port)
     handled = sum(v for k, v in samples.items() if k.startswith("filterd_messages_total{"))
     assert handled == 6
@@ -212,7 +215,7 @@ def children(pid: int) -> set[int]:
     return {int(p) for p in text.split()}
 
 
-def test_dead_worker_is_replaced(make: Callable[..., Daemon], sink: Sink) -> None:
+def test_dead_worker_is_replaced(make: Callable[..., Daemon], recorder: Sink) -> None:
     daemon = make(workers=2).start()
     assert daemon.proc is not None
     before = children(daemon.proc.pid)
@@ -226,12 +229,12 @@ def test_dead_worker_is_replaced(make: Callable[..., Daemon], sink: Sink) -> Non
     wait_until(lambda: " replaced (pid " in daemon.log(), 60, "the new worker to be ready")
     for n in range(4):
         assert send(daemon.port, n)[0] == 250
-    assert len(sink.wait_for(4)) == 4
+    assert len(recorder.wait_for(4)) == 4
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
 
 
-def test_metrics_port_taken_mail_still_flows(make: Callable[..., Daemon], sink: Sink) -> None:
+def test_metrics_port_taken_mail_still_flows(make: Callable[..., Daemon], recorder: Sink) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -239,4 +242,4 @@ def test_metrics_port_taken_mail_still_flows(make: Callable[..., Daemon], sink: 
         daemon = make(metrics=f"127.0.0.1:{port}").start()
         assert f"metrics endpoint off: cannot listen on 127.0.0.1:{port}" in daemon.log()
         assert send(daemon.port, 1)[0] == 250
-    assert len(sink.wait_for(1)) == 1
+    assert len(recorder.wait_for(1)) == 1
