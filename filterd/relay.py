@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 IDLE_MAX_S = 30.0        # drop pooled connections idle longer (Postfix smtpd times out at 300 s)
 SIZE_SLACK = 512         # our headers make the message a little larger than declared
+_ONE_WRITE = 256 * 1024  # below this, the message and the final dot go out in one write
 _XFORWARD_LINE = 400     # bytes of attributes per XFORWARD command (Postfix keeps them < 512)
 
 # MAIL/RCPT parameters and the EHLO keyword the next hop must show before we pass them on.
@@ -151,13 +152,16 @@ class Transaction:
         self.smtp: aiosmtplib.SMTP | None = None
         self.failed: str | None = None
         self.last_reply = ""
+        self._stale_ok = False   # a pooled connection may have been closed by the next hop
 
     async def mail(self, sender: str, params: list[str]) -> str:
         for attempt in (1, 2):
             reused = await self._connect()
             if self.smtp is None:
                 return self.failed or replies.S451_NEXT_HOP_UNREACHABLE
+            self._stale_ok = reused and attempt == 1
             reply = await self._command(b"MAIL", b"FROM:" + _addr(sender), *self._params(params))
+            self._stale_ok = False
             # A pooled connection the next hop closed while idle: retry once on a fresh one.
             if reused and attempt == 1 and self.failed == replies.S451_NEXT_HOP_LOST:
                 self.failed = None
@@ -179,8 +183,12 @@ class Transaction:
         assert self.smtp is not None and self.smtp.protocol is not None
         proto = self.smtp.protocol
         try:
-            proto.write(stuff(message))
-            proto.write(b".\r\n")
+            payload = stuff(message)
+            if len(payload) < _ONE_WRITE:
+                proto.write(payload + b".\r\n")    # one send() instead of two: cheaper than the copy
+            else:
+                proto.write(payload)
+                proto.write(b".\r\n")
             response = await proto.read_response(timeout=self.relay.timeout)
         except Exception as exc:  # noqa: BLE001 - every transport failure maps to a 451
             self._fail(exc)
@@ -288,6 +296,9 @@ class Transaction:
             kind, self.failed = "protocol", replies.S451_NEXT_HOP_LOST
         else:
             kind, self.failed = "protocol", replies.S451_NEXT_HOP_INVALID
+        if self._stale_ok and self.failed == replies.S451_NEXT_HOP_LOST:
+            log.info("next hop closed an idle pooled connection; reconnecting")
+            return
         metrics.NEXT_HOP_ERRORS.labels(kind).inc()
         log.warning("next hop %s:%s: %s: %s", self.relay.host, self.relay.port,
                     type(exc).__name__, exc)

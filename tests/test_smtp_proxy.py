@@ -268,3 +268,15 @@ def test_next_hop_connections_are_reused(filterd: Any, sink: Any) -> None:
                 client.sendmail(SENDER, ["r@example.org"], b"Subject: x\r\n\r\ny\r\n")
     assert len(sink.wait_for(9)) == 9
     assert sink.connections == 1
+
+
+def test_pooled_connection_closed_by_the_next_hop_is_replaced(filterd: Any, sink: Any,
+                                                              caplog: Any) -> None:
+    with smtplib.SMTP(filterd.host, filterd.port) as client:
+        client.sendmail(SENDER, ["r@example.org"], b"Subject: 1\r\n\r\ny\r\n")
+        sink.wait_for(1)
+        sink.disconnect_all()
+        assert client.sendmail(SENDER, ["r@example.org"], b"Subject: 2\r\n\r\ny\r\n") == {}
+    assert len(sink.wait_for(2)) == 2
+    assert sink.connections == 2
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
