@@ -270,7 +270,10 @@ def test_reload_and_stop(booted: Booted) -> None:
         time.sleep(0.1)
     assert "reloaded: model" in booted.journal("filterd")
     assert booted.show("filterd", "MainPID")["MainPID"] == pid  # same process: no restart
-    metrics = booted.run("curl -s http://127.0.0.1:9125/metrics").stdout
+    metrics = booted.run(
+        "/opt/filterd/venv/bin/python -c 'import urllib.request as u; "
+        'print(u.urlopen("http://127.0.0.1:9125/metrics").read().decode())\''
+    ).stdout
     assert 'filterd_reloads_total{result="ok"}' in metrics
     assert swaks_ok(booted)
     booted.run("systemctl stop filterd.service")
