@@ -20,7 +20,7 @@ from dataclasses import dataclass
 # Only lines at the start of a field: continuation lines begin with WSP (RFC 5322 2.2.3).
 _FORGED = re.compile(rb"^(X-Spam-)(?!Untrusted-)(?=[!-9;-~]*[ \t]*:)", re.IGNORECASE | re.MULTILINE)
 _SUBJECT = re.compile(rb"^Subject[ \t]*:[ \t]?", re.IGNORECASE | re.MULTILINE)
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_HEAD_END = re.compile(rb"\n(\r?\n)")   # group 1: the empty line
 _UNSAFE = re.compile(r"[^!-~]")
 
 
@@ -65,7 +65,7 @@ def header_end(data: bytes) -> int:
     if data.startswith((b"\r\n", b"\n")):
         return 0
     match = _HEAD_END.search(data)
-    return match.start() + 1 if match else len(data)
+    return match.start(1) if match else len(data)
 
 
 def tag(data: bytes, verdict: Verdict, subject_prefix: str | None = None) -> bytes:

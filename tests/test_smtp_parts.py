@@ -1,0 +1,146 @@
+"""The SMTP path's parts on their own: headers.py, relay.stuff, the batcher, the real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from filterd.batcher import Batcher
+from filterd.headers import Verdict, header_end, render, tag
+from filterd.relay import stuff
+from tests.test_smtp_proxy import ours_and_rest
+
+SPAMMY = Verdict("Yes", 0.9731, 0.4, 0.95, "m-1")
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    (b"A: 1\r\nB: 2\r\n\r\nbody\r\n", 12),
+    (b"A: 1\n\nbody\n", 5),
+    (b"\r\nbody only\r\n", 0),
+    (b"A: 1\r\nB: 2\r\n", 12),          # no body at all
+    (b"", 0),
+])
+def test_header_end(message: bytes, expected: int) -> None:
+    assert header_end(message) == expected
+
+
+def test_render_formats_scores_and_thresholds() -> None:
+    assert render(SPAMMY) == (b"X-Spam-Flag: YES\r\nX-Spam-Score: 0.973\r\n"
+                              b"X-Spam-Status: Yes, score=0.973 tag=0.400 reject=0.950 model=m-1\r\n")
+    assert render(Verdict("No", 0.1, 0.4, None, "a b")).endswith(
+        b"score=0.100 tag=0.400 reject=none model=a_b\r\n")
+    assert render(Verdict("Skipped")) == b"X-Spam-Flag: NO\r\nX-Spam-Status: Skipped\r\n"
+
+
+def test_tag_renames_only_header_fields_of_the_header_section() -> None:
+    message = (b"Received: from x\r\n\tby y; X-Spam-Flag: in a folded line\r\n"
+               b"X-SPAM-LEVEL: *****\r\nX-Spam-Untrusted-Flag: kept as is\r\n"
+               b"X-Spammer: not ours\r\n\r\nX-Spam-Flag: YES\r\n")
+    out = tag(message, SPAMMY)
+    assert out == render(SPAMMY) + (
+        b"Received: from x\r\n\tby y; X-Spam-Flag: in a folded line\r\n"
+        b"X-Spam-Untrusted-LEVEL: *****\r\nX-Spam-Untrusted-Flag: kept as is\r\n"
+        b"X-Spammer: not ours\r\n\r\nX-Spam-Flag: YES\r\n")
+
+
+def test_tag_leaves_the_message_object_alone_when_nothing_is_forged() -> None:
+    message = b"Subject: hi\r\n\r\n" + b"x" * 100
+    assert tag(message, SPAMMY) == render(SPAMMY) + message
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    (b"Subject: offer\r\n\r\nb\r\n", b"Subject: [SPAM] offer\r\n\r\nb\r\n"),
+    (b"subject:offer\r\n\r\nb\r\n", b"subject:[SPAM] offer\r\n\r\nb\r\n"),
+    (b"Subject: [SPAM] offer\r\n\r\nb\r\n", b"Subject: [SPAM] offer\r\n\r\nb\r\n"),
+    (b"From: a\r\n\r\nb\r\n", b"Subject: [SPAM]\r\nFrom: a\r\n\r\nb\r\n"),
+])
+def test_subject_prefix(message: bytes, expected: bytes) -> None:
+    assert tag(message, SPAMMY, "[SPAM] ") == render(SPAMMY) + expected
+    assert tag(message, Verdict("No", 0.1, 0.4, None, "m"), "[SPAM] ").endswith(message)
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    (b".a\r\n..b\r\nc.\r\n", b"..a\r\n...b\r\nc.\r\n"),
+    (b"x\r\n.\r\n", b"x\r\n..\r\n"),
+    (b"bare\n.lf\r\n", b"bare\n.lf\r\n"),      # aiosmtpd only unstuffs after CRLF
+    (b"no final newline", b"no final newline\r\n"),
+    (b"", b""),
+])
+def test_stuff(message: bytes, expected: bytes) -> None:
+    assert stuff(message) == expected
+
+
+def test_batcher_batches_concurrent_messages_and_matches_direct_scores(scorer: Any) -> None:
+    messages = [b"Subject: m%d\r\n\r\n%s\r\n" % (i, b"word " * (i * 7 + 1)) for i in range(40)]
+    sizes: list[int] = []
+
+    class Counting:
+        version, thresholds, prepare = scorer.version, scorer.thresholds, scorer.prepare
+
+        def infer(self, batch: Any) -> list[float]:
+            sizes.append(len(batch))
+            return list(scorer.infer(batch))
+
+    async def run() -> list[float]:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(Counting(), max_batch=16, max_wait_ms=20, executor=executor)
+            await batcher.start()
+            try:
+                return await asyncio.gather(*(batcher.score(m) for m in messages))
+            finally:
+                await batcher.stop()
+
+    got = asyncio.run(run())
+    assert got == pytest.approx(scorer.score(messages), abs=1e-5)
+    assert sum(sizes) == len(messages)
+    assert max(sizes) == 16 and len(sizes) < len(messages)
+
+
+def test_batcher_survives_cancelled_callers(scorer: Any) -> None:
+    async def run() -> float:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(scorer, max_batch=8, max_wait_ms=50, executor=executor)
+            await batcher.start()
+            doomed = asyncio.ensure_future(batcher.score(b"Subject: a\r\n\r\nb\r\n"))
+            await asyncio.sleep(0)
+            doomed.cancel()
+            score = await asyncio.wait_for(batcher.score(b"Subject: c\r\n\r\nd\r\n"), 30)
+            await batcher.stop()
+            return score
+
+    assert 0.0 <= asyncio.run(run()) <= 1.0
+
+
+def test_one_info_line_per_message(filterd: Any, sink: Any, caplog: Any) -> None:
+    caplog.set_level("INFO", logger="filterd.handler")
+    with smtplib.SMTP(filterd.host, filterd.port) as client:
+        client.sendmail("alice@example.org", ["a@example.org", "b@example.org"],
+                        b"Subject: hi\r\n\r\nhello\r\n")
+    sink.wait_for(1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "filterd.handler"]
+    assert len(lines) == 1
+    line = lines[0]
+    for part in ("client=127.0.0.1", "from=<alice@example.org>", "rcpts=2", "size=22",
+                 "score=0.", "scoring_ms=", "relay_ms=", "reply='250 2.0.0 Ok: queued as SINK1'"):
+        assert part in line, line
+    assert "action=ham" in line or "action=tagged" in line
+
+
+@pytest.mark.slow
+def test_the_real_daemon_relays_and_tags(filterd_serve: Any, sink: Any) -> None:
+    daemon = filterd_serve()
+    message = b"Subject: through the real daemon\r\n\r\nhello\r\n"
+    with smtplib.SMTP(daemon.host, daemon.port, timeout=60) as client:
+        assert client.sendmail("a@example.org", ["b@example.org"], message) == {}
+    ours, rest = ours_and_rest(sink.wait_for(1)[0].data)
+    assert rest == message
+    assert ours["X-Spam-Flag"] in ("YES", "NO")
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 30
+    assert "client=127.0.0.1" in daemon.log()
