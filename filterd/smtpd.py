@@ -36,6 +36,7 @@ _RCPT_EXTRA = frozenset({"NOTIFY", "ORCPT"})
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 _XFORWARD_ITEM = re.compile(r"^([A-Za-z]+)=(\S*)$")
 # RFC 5321 4.1.2: Path = "<" [ A-d-l ":" ] Mailbox ">"; the source route is dropped (C.2).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PATH = re.compile(r"\s*<(?:@[^<>:]*:)?([^<>]*)>(.*)\Z", re.DOTALL)
 
 
@@ -87,8 +88,11 @@ class FilterSMTP(SMTP):
         match = _PATH.match(arg) if arg else None
         if match is None:
             return super()._getaddr(arg)   # no angle brackets: aiosmtpd's lenient parse
+        address = match.group(1)
+        if _CONTROL.search(address):
+            return None, None              # 553: no control characters (RFC 5321 4.1.2)
         # aiosmtpd spells the null reverse-path "<>"; keep that so the hooks see the same.
-        return match.group(1) or "<>", match.group(2)
+        return address or "<>", match.group(2)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         arg, self.extra_params = _take_params(arg, _MAIL_EXTRA)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import subprocess
 import time
 from typing import Any
 
@@ -241,3 +242,24 @@ def test_null_sender_and_odd_addresses_are_relayed_literally(filterd: Any, sink:
     bounce, odd = sink.wait_for(2)
     assert (bounce.mail_from, bounce.rcpt_tos) == ("<>", ["postmaster"])
     assert (odd.mail_from, odd.rcpt_tos) == ("x(y@example.org", ["u@example.org"])
+
+
+def test_addresses_with_control_characters_get_553(filterd: Any, sink: Any) -> None:
+    got = talk(filterd.port, b"EHLO t\r\nMAIL FROM:<a\x01b@example.org>\r\n"
+               b"MAIL FROM:<ok@example.org>\r\nRCPT TO:<x\x7f@example.org>\r\nQUIT\r\n", expect=5)
+    assert [code(r) for r in got] == [250, 553, 250, 553, 221]
+
+
+def test_swaks_pipelining_client(filterd: Any, sink: Any, tmp_path: Any) -> None:
+    message = tmp_path / "m.eml"
+    message.write_bytes(b"Subject: from swaks\r\n\r\n.leading dot\r\nbody\r\n")
+    done = subprocess.run(
+        ["swaks", "--server", filterd.host, "--port", str(filterd.port), "--pipeline",
+         "--from", "a@example.org", "--to", "b@example.org,c@example.org",
+         "--data", str(message), "--timeout", "60"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (received,) = sink.wait_for(1)
+    assert received.rcpt_tos == ["b@example.org", "c@example.org"]
+    # swaks ends the data with an extra CRLF of its own (it does so straight into a sink too).
+    assert ours_and_rest(received.data)[1] == message.read_bytes() + b"\r\n"
