@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -33,6 +35,7 @@ import aiosmtplib
 from bench import harness
 
 SOURCE_PROCESSES = 4
+FILTERD_LOG = harness.RESULTS / "filterd-e2e.log"
 
 
 async def probe(port: int, messages: list[bytes], done: asyncio.Event, limit: int) -> list[float]:
@@ -98,15 +101,27 @@ async def measure(name: str, port: int, root: int | None, sessions: int, total: 
     load = os.getloadavg()[0]
     pids = harness.tree(root) if root else []
     cpu0 = harness.cpu_seconds(pids)
+    logged = FILTERD_LOG.stat().st_size if FILTERD_LOG.exists() else 0
     figures: dict[str, object] = dict(await run_load(port, sessions, total, files, messages))
     if root:
         cpu = harness.cpu_seconds(pids) - cpu0
         figures["server_cpu_ms_per_msg"] = round(cpu * 1000 / int(figures["messages"]), 3)
+    if name.startswith("filterd"):
+        figures["actions"] = actions(logged)
     figures.update(target=name, sessions=sessions, loadavg_1m=load)
     print(f"{name:>10} S={sessions:<3} {figures['msgs_per_s']:>8} msg/s  "
           f"p50 {figures['p50_ms']:>7} ms  p99 {figures['p99_ms']:>7} ms  "
-          f"cpu/msg {figures.get('server_cpu_ms_per_msg', '-')} ms  (load {load:.2f})", flush=True)
+          f"cpu/msg {figures.get('server_cpu_ms_per_msg', '-')} ms  (load {load:.2f})"
+          f"{'  ' + str(figures['actions']) if 'actions' in figures else ''}", flush=True)
     return figures
+
+
+def actions(offset: int) -> dict[str, int]:
+    """What filterd did with the run's messages, from its log lines (a check that it scored)."""
+    with FILTERD_LOG.open("rb") as log:
+        log.seek(offset)
+        found = re.findall(rb" action=(\w+) ", log.read())
+    return dict(collections.Counter(a.decode() for a in found))
 
 
 def messages_for(sessions: int, base: int) -> int:
@@ -191,9 +206,8 @@ async def with_servers(args: argparse.Namespace, overrides: dict[str, object],
                 targets[name] = (port, proc.pid)
             elif name.startswith("filterd"):
                 harness.RESULTS.mkdir(parents=True, exist_ok=True)
-                log = harness.RESULTS / "filterd-e2e.log"
                 port, proc = stack.enter_context(
-                    harness.filterd(sink, log, **{**overrides, **variant(name)}))
+                    harness.filterd(sink, FILTERD_LOG, **{**overrides, **variant(name)}))
                 targets[name] = (port, proc.pid)
         return await bench(args, targets, files, messages)
 
