@@ -102,10 +102,11 @@ async def measure(name: str, port: int, root: int | None, sessions: int, total: 
     pids = harness.tree(root) if root else []
     cpu0 = harness.cpu_seconds(pids)
     logged = FILTERD_LOG.stat().st_size if FILTERD_LOG.exists() else 0
-    figures: dict[str, object] = dict(await run_load(port, sessions, total, files, messages))
+    load_figures = await run_load(port, sessions, total, files, messages)
+    figures: dict[str, object] = dict(load_figures)
     if root:
         cpu = harness.cpu_seconds(pids) - cpu0
-        figures["server_cpu_ms_per_msg"] = round(cpu * 1000 / int(figures["messages"]), 3)
+        figures["server_cpu_ms_per_msg"] = round(cpu * 1000 / load_figures["messages"], 3)
     if name.startswith("filterd"):
         figures["actions"] = actions(logged)
     figures.update(target=name, sessions=sessions, loadavg_1m=load)
