@@ -67,6 +67,7 @@ class Supervisor:
         self.workers: list[Worker] = []
         self.stopping = False
         self.done = asyncio.Event()
+        self.reload_lock = asyncio.Lock()
         self.metrics_dir = tempfile.mkdtemp(prefix="filterd-metrics-")
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -214,6 +215,10 @@ class Supervisor:
         await asyncio.gather(*(w.proc.wait() for w in self.workers))
 
     async def _reload(self) -> None:
+        async with self.reload_lock:   # one at a time: each SIGHUP gets one answer per worker
+            await self._reload_once()
+
+    async def _reload_once(self) -> None:
         ready = [w for w in self.workers if w.ready]   # one starting now reads the new config
         if self.stopping or not ready:
             log.warning("SIGHUP ignored: %s", "stopping" if self.stopping else "still starting")

@@ -243,3 +243,23 @@ def test_metrics_port_taken_mail_still_flows(make: Callable[..., Daemon], record
         assert f"metrics endpoint off: cannot listen on 127.0.0.1:{port}" in daemon.log()
         assert send(daemon.port, 1)[0] == 250
     assert len(recorder.wait_for(1)) == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reload_during_reload(make: Callable[..., Daemon], recorder: Sink, tmp_path: Path,
+                              workers: int) -> None:
+    listener = NotifyListener(path=tmp_path / "notify.sock")
+    try:
+        daemon = make(workers=workers).start(env={"NOTIFY_SOCKET": listener.address})
+        daemon.signal(signal.SIGHUP)
+        listener.wait_for("RELOADING", alive=daemon.check_alive)
+        daemon.signal(signal.SIGHUP)   # (sent at once, the kernel would merge the two signals)
+        listener.wait_for("READY", count=3, alive=daemon.check_alive)
+        states = [next(k for k in m if k not in ("STATUS", "MONOTONIC_USEC"))
+                  for m in listener.poll()]
+    finally:
+        listener.close()
+    assert states == ["READY", "RELOADING", "READY", "RELOADING", "READY"]
+    assert daemon.log().count("reloaded: model") == 2
+    assert send(daemon.port, 1)[0] == 250
+    assert len(recorder.wait_for(1)) == 1
