@@ -66,8 +66,9 @@ def test_corpus_ham_and_spam_arrive_tagged_and_intact(
         kind = "spam" if rcpt.startswith("spam") else "ham"
         flagged[kind] += is_spam
         scores[kind].append(score)
-    # The model is not perfect; these hold for any model worth shipping.
-    assert flagged["spam"] >= 1 and flagged["ham"] <= 1, (flagged, scores)
+    # The model is not perfect (one miss each way allowed); this holds for any model worth
+    # shipping: the shipped one flags all five spam and none of the ham.
+    assert flagged["spam"] >= COUNT - 1 and flagged["ham"] <= 1, (flagged, scores)
     assert sum(scores["spam"]) > sum(scores["ham"]), scores
     after.postfix.wait_empty()
 
