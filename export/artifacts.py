@@ -53,7 +53,8 @@ def write(out: Path, net: SpamNet, vocab: Vocab, idf: np.ndarray, *, cfg, mcfg, 
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
     spec = {"pipeline_version": text.PIPELINE_VERSION, "max_tokens": cfg.max_tokens,
-            "feature_bits": features.BITS, "char_ngrams": list(features.CHAR_NGRAMS)}
+            "feature_bits": features.BITS, "char_ngrams": list(features.CHAR_NGRAMS),
+            "features": cfg.features}
     vocab.save(out / "vocab.json", spec)
     features.save_idf(out / "idf.npy", idf)
     (out / "split.json").write_text(json.dumps(

@@ -15,6 +15,7 @@ class TrainConfig:
     test_frac: float = 0.15
     max_messages: int = 0         # 0 = all; else a stratified-by-order subset (smoke tests)
     max_tokens: int = 256         # tokens the GRU reads per message
+    features: str = "char_wb"     # hashed n-gram scheme (filterd.features.SCHEMES)
     vocab_size: int = 30000
     min_count: int = 2
     epochs: int = 8

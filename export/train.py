@@ -8,7 +8,6 @@ scored at the end for the manifest (never used to choose anything).
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
@@ -67,7 +66,7 @@ def build_inputs(train: list[Sample], cfg: TrainConfig) -> tuple[Vocab, np.ndarr
     """Vocabulary and IDF from the training split only."""
     analyses = [text.analyze(s.raw, cfg.max_tokens) for s in tqdm(train, desc="analyse")]
     vocab = Vocab.build((a.tokens for a in analyses), cfg.vocab_size, cfg.min_count)
-    df = features.document_frequency([a.wide for a in analyses])
+    df = features.document_frequency([a.wide for a in analyses], cfg.features)
     return vocab, features.fit_idf(df, len(analyses))
 
 
@@ -95,7 +94,12 @@ def fit(cfg: TrainConfig, net: SpamNet, train: list[Batch], val: list[Batch],
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.wide_lr],
                                                 total_steps=max(steps, 2), pct_start=0.2)
     rng = np.random.default_rng(cfg.seed)
-    best, best_loss, history, stale = copy.deepcopy(net.state_dict()), float("inf"), [], 0
+    history: list[dict] = []
+    # Each branch keeps the weights of its own best validation epoch: the wide branch
+    # peaks in an epoch or two and then only memorises, the GRU keeps improving.
+    best = {"deep": (float("inf"), _branch(net, deep=True)),
+            "wide": (float("inf"), _branch(net, deep=False))}
+    stale = 0
     for epoch in range(1 if cfg.dry_run else cfg.epochs):
         net.train()
         order = rng.permutation(len(train))[: 1 if cfg.dry_run else None]
@@ -108,22 +112,37 @@ def fit(cfg: TrainConfig, net: SpamNet, train: list[Batch], val: list[Batch],
             torch.nn.utils.clip_grad_norm_(deep, 1.0)
             opt.step()
             sched.step()
-        logits = torch.from_numpy(predict(net, val, device))
-        y = torch.from_numpy(val_labels).double()
-        val_loss = float(F.binary_cross_entropy_with_logits(logits[:, 0], y))
-        record = {"epoch": epoch + 1, "val_loss": val_loss, "seconds": time.monotonic() - started,
-                  "val_auc": metrics.roc_auc(val_labels, logits[:, 0].numpy()),
-                  "val_auc_rnn": metrics.roc_auc(val_labels, logits[:, 1].numpy())}
+        record = _validate(net, val, val_labels, device)
+        record.update(epoch=epoch + 1, seconds=round(time.monotonic() - started, 1))
         history.append(record)
         print(f"epoch {epoch + 1}: {record}", file=sys.stderr)
-        if val_loss < best_loss:
-            best, best_loss, stale = copy.deepcopy(net.state_dict()), val_loss, 0
+        if record["val_loss_wide"] < best["wide"][0]:
+            best["wide"] = (record["val_loss_wide"], _branch(net, deep=False))
+        if record["val_loss_rnn"] < best["deep"][0]:
+            best["deep"], stale = (record["val_loss_rnn"], _branch(net, deep=True)), 0
         else:
             stale += 1
             if stale >= cfg.patience:
                 break
-    net.load_state_dict(best)
+    net.load_state_dict({**best["deep"][1], **best["wide"][1]})
     return net, history
+
+
+def _branch(net: SpamNet, deep: bool) -> dict[str, torch.Tensor]:
+    """A copy of one branch's weights (the wide ones start with "wide")."""
+    return {k: v.detach().clone() for k, v in net.state_dict().items()
+            if k.startswith("wide") != deep}
+
+
+def _validate(net: SpamNet, val: list[Batch], labels: np.ndarray,
+              device: torch.device) -> dict[str, float]:
+    logits = torch.from_numpy(predict(net, val, device))
+    y = torch.from_numpy(labels).double()
+    out = {}
+    for col, name in enumerate(("whole", "rnn", "wide")):
+        out[f"val_loss_{name}"] = float(F.binary_cross_entropy_with_logits(logits[:, col], y))
+        out[f"val_auc_{name}"] = metrics.roc_auc(labels, logits[:, col].numpy())
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         parts[split_of(s.raw, cfg.split_seed, cfg.val_frac, cfg.test_frac)].append(s)
     vocab, idf = build_inputs(parts["train"], cfg)
     mcfg.vocab_size = len(vocab)
-    prepared = {k: [text.prepare(s.raw, vocab, idf, cfg.max_tokens) for s in v]
+    prepared = {k: [text.prepare(s.raw, vocab, idf, cfg.max_tokens, cfg.features) for s in v]
                 for k, v in parts.items()}
     labels = {k: np.array([s.label for s in v], dtype=np.int64) for k, v in parts.items()}
     data = {k: batches(prepared[k], labels[k].tolist(), cfg.batch_size) for k in parts}

@@ -1,7 +1,7 @@
 """Hashed word and character n-gram features for the network's wide (linear) branch.
 
 The bytes that `text.analyze` hands us (lower-cased raw message plus decoded base64 text)
-are cut into word unigrams and within-word character 3-, 4- and 5-grams, each hashed into
+are cut into words and their character 3-, 4- and 5-grams (see SCHEMES), each hashed into
 one of 2**BITS buckets. A message becomes a sparse vector: (1 + log count) × IDF per
 bucket, words and characters each scaled to unit length. The IDF table is learnt on the
 training split and shipped as `idf.npy`.
@@ -28,7 +28,15 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 _SHIFT = np.uint64(64 - BITS)
 _SALT_WORD = np.uint64(0x51ED270B27B5A3C9)
 
-# Word bytes: ASCII letters and digits, and every byte >= 0x80 (latin-1 letters, UTF-8 pieces).
+SCHEMES = ("char_wb", "alnum")   # how bytes are cut into words; the artifact records which
+
+# "char_wb" (the default): whitespace separates words and every other byte (letters, digits,
+# punctuation, markup) is part of one, as in scikit-learn's char_wb analyser, with a space
+# standing for the word boundary in the char n-grams: spam hides in "!!!", "$$$" and "<font".
+_SPACE = np.zeros(256, dtype=bool)
+_SPACE[np.frombuffer(b" \t\r\n\x0b\x0c", np.uint8)] = True
+
+# "alnum" (first models): word bytes are ASCII letters and digits and every byte >= 0x80.
 _WORD = np.zeros(256, dtype=bool)
 _WORD[np.frombuffer(b"abcdefghijklmnopqrstuvwxyz0123456789", np.uint8)] = True
 _WORD[128:] = True
@@ -51,33 +59,41 @@ def _bucket(h: np.ndarray, salt: np.uint64) -> np.ndarray:
     return ((h * _MIX) >> _SHIFT).astype(np.int64)
 
 
-def hash_ngrams(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Bucket ids (with repeats) of the word unigrams and of the within-word char n-grams."""
+def hash_ngrams(data: bytes, scheme: str = "char_wb") -> tuple[np.ndarray, np.ndarray]:
+    """Bucket ids (with repeats) of the words and of their character n-grams."""
     a = np.frombuffer(data[:_MAX_BYTES], dtype=np.uint8)
     n = a.size
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    wb = scheme == "char_wb"
+    gap = _SPACE[a] if wb else ~_WORD[a]            # bytes that separate words
     with np.errstate(over="ignore"):
+        c = a.astype(np.uint64) + np.uint64(1)
+        if wb:      # every whitespace byte counts as one space: "a\tb" and "a b" share n-grams
+            c[gap] = np.uint64(33)
         prefix = np.zeros(n + 1, dtype=np.uint64)
-        np.cumsum((a.astype(np.uint64) + np.uint64(1)) * _QPOW[:n], out=prefix[1:])
-        is_word = _WORD[a]
-        nonword = np.zeros(n + 1, dtype=np.int32)
-        np.cumsum(~is_word, out=nonword[1:])
-        edges = np.diff(np.concatenate(([0], is_word.view(np.int8), [0])))
+        np.cumsum(c * _QPOW[:n], out=prefix[1:])
+        gaps = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(gap, out=gaps[1:])
+        edges = np.diff(np.concatenate(([0], (~gap).view(np.int8), [0])))
         starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        # hash of a[s:e] = (prefix[e] - prefix[s]) * P**s = sum a[j] * Q**(j - s)
+        # hash of a[s:e] = (prefix[e] - prefix[s]) * P**s = sum c[j] * Q**(j - s)
         words = _bucket((prefix[ends] - prefix[starts]) * _PPOW[starts], _SALT_WORD)
         grams = []
         for size in CHAR_NGRAMS:
             s = np.arange(max(n - size + 1, 0))
-            s = s[nonword[s + size] == nonword[s]]      # only spans inside one word
+            if wb:      # no gap strictly inside; one at either end marks the word boundary
+                s = s[gaps[s + size - 1] == gaps[s + 1]]
+            else:       # entirely inside one word
+                s = s[gaps[s + size] == gaps[s]]
             grams.append(_bucket((prefix[s + size] - prefix[s]) * _PPOW[s], np.uint64(size)))
     return words, np.concatenate(grams)
 
 
-def featurize(data: bytes, idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def featurize(data: bytes, idf: np.ndarray,
+              scheme: str = "char_wb") -> tuple[np.ndarray, np.ndarray]:
     """Sparse feature vector of one message: (bucket ids int64, weights float32)."""
-    words, chars = hash_ngrams(data)
+    words, chars = hash_ngrams(data, scheme)
     if words.size + chars.size == 0:
         return np.zeros(1, np.int64), np.zeros(1, np.float32)
     # One sort for both groups: char buckets are offset by BUCKETS to keep them apart.
@@ -92,11 +108,11 @@ def featurize(data: bytes, idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids, weights.astype(np.float32, copy=False)
 
 
-def document_frequency(docs: list[bytes]) -> np.ndarray:
+def document_frequency(docs: list[bytes], scheme: str = "char_wb") -> np.ndarray:
     """How many of `docs` contain each bucket (the input of `fit_idf`)."""
     df = np.zeros(BUCKETS, dtype=np.int64)
     for data in docs:
-        words, chars = hash_ngrams(data)
+        words, chars = hash_ngrams(data, scheme)
         df[np.unique(np.concatenate((words, chars)))] += 1
     return df
 

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from filterd import text
 from filterd.errors import ModelError
-from filterd.features import load_idf
+from filterd.features import SCHEMES, load_idf
 from filterd.text import Prepared
 from filterd.vocab import Vocab
 
@@ -65,6 +65,8 @@ def read_manifest(path: Path) -> dict:
             raise ModelError(f"{path}: cannot read {name}: {exc}") from exc
         if actual != expected:
             raise ModelError(f"{path / name}: sha256 {actual} does not match the manifest")
+    if manifest.get("text", {}).get("features", "alnum") not in SCHEMES:
+        raise ModelError(f"{path}: unknown feature scheme {manifest['text']['features']!r}")
     if manifest.get("text", {}).get("pipeline_version") != text.PIPELINE_VERSION:
         raise ModelError(f"{path}: trained with text pipeline "
                          f"{manifest.get('text', {}).get('pipeline_version')!r}, "
@@ -96,6 +98,8 @@ class Scorer:
         self.max_tokens = max_tokens
         self.chunk_tokens = chunk_tokens
         self.hidden = int(manifest["model"]["hidden"])
+        # first artifacts predate the choice and used "alnum" words
+        self.scheme = str(manifest["text"].get("features", "alnum"))
         self.version: str = str(manifest["version"])
         self.thresholds = Thresholds(float(manifest["thresholds"]["tag"]),
                                      float(manifest["thresholds"]["reject"]))
@@ -136,7 +140,7 @@ class Scorer:
 
     def prepare(self, raw: bytes) -> Prepared:
         """Text pipeline only: pure CPU, thread-safe, never raises on bad mail."""
-        return text.prepare(raw, self.vocab, self.idf, self.max_tokens)
+        return text.prepare(raw, self.vocab, self.idf, self.max_tokens, self.scheme)
 
     def infer(self, batch: Sequence[Prepared]) -> list[float]:
         """Spam probabilities of prepared messages, any batch size."""

@@ -297,9 +297,10 @@ class Prepared(NamedTuple):
     feat_w: np.ndarray      # (k,) float32 their weights
 
 
-def prepare(raw: bytes, vocab: Vocab, idf: np.ndarray, max_tokens: int) -> Prepared:
+def prepare(raw: bytes, vocab: Vocab, idf: np.ndarray, max_tokens: int,
+            scheme: str = "char_wb") -> Prepared:
     """Raw message → ids and weighted features: the path both training and serving take."""
     analysis = analyze(raw, max_tokens)
     ids = vocab.encode(analysis.tokens or ["<body>"])
-    feat_ids, feat_w = featurize(analysis.wide, idf)
+    feat_ids, feat_w = featurize(analysis.wide, idf, scheme)
     return Prepared(ids, feat_ids, feat_w)

@@ -5,27 +5,40 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 
 from filterd import features
 
 
-def _reference_spans(data: bytes) -> tuple[list[bytes], list[bytes]]:
-    """Words and within-word char 3-5-grams, the slow and obvious way."""
-    words = re.findall(rb"[a-z0-9\x80-\xff]+", data)
-    grams = [w[i:i + n] for n in features.CHAR_NGRAMS for w in words for i in range(len(w) - n + 1)]
+def _reference(data: bytes, scheme: str) -> tuple[list[bytes], list[bytes]]:
+    """Words and char 3-5-grams, the slow and obvious way (char_wb: scikit-learn's analyser)."""
+    if scheme == "alnum":
+        words = re.findall(rb"[a-z0-9\x80-\xff]+", data)
+        padded = words
+    else:
+        words = data.split()
+        padded = [b" " + w + b" " for w in words]
+    grams = [w[i:i + n] for n in features.CHAR_NGRAMS for w in padded for i in range(len(w) - n + 1)]
     return words, grams
 
 
-
-def test_vectorised_hashing_matches_reference_multiset() -> None:
-    data = b"the cheap viagra pills, cheap! \xe9t\xe9 x1 ab abc abcdef"
-    words, chars = features.hash_ngrams(data)
-    ref_words, ref_grams = _reference_spans(data)
+@pytest.mark.parametrize("scheme", features.SCHEMES)
+def test_vectorised_hashing_matches_reference(scheme: str) -> None:
+    data = b" the cheap viagra pills, cheap! \xe9t\xe9 x1 a ab abc <font color=red> abcdef "
+    words, chars = features.hash_ngrams(data, scheme)
+    ref_words, ref_grams = _reference(data, scheme)
     assert len(words) == len(ref_words)
     assert len(chars) == len(ref_grams)
-    # a span's bucket depends only on its bytes, not where it occurs
-    alone = [int(features.hash_ngrams(w)[0][0]) for w in ref_words]
+    # a word's bucket depends only on its bytes, not where it occurs
+    alone = [int(features.hash_ngrams(w, scheme)[0][0]) for w in ref_words]
     assert sorted(alone) == sorted(words.tolist())
+
+
+def test_schemes_differ_and_whitespace_kinds_are_one() -> None:
+    assert (features.hash_ngrams(b"buy now!!!", "char_wb")[0].tolist()
+            != features.hash_ngrams(b"buy now!!!", "alnum")[0].tolist())
+    assert np.array_equal(features.hash_ngrams(b"a\tbc\nd", "char_wb")[1],
+                          features.hash_ngrams(b"a bc d", "char_wb")[1])
 
 
 def test_same_span_same_bucket_and_spread() -> None:
