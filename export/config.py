@@ -30,23 +30,25 @@ class TrainConfig:
 
 def apply_overrides(cfg: object, pairs: list[str]) -> None:
     """Set dataclass fields from "key=value" strings, converting to the field's type."""
-    types = {f.name: f.type for f in fields(cfg)}  # type: ignore[arg-type]
+    known = [f.name for f in fields(cfg)]  # type: ignore[arg-type]
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in types:
-            raise ValueError(f"unknown setting {pair!r}; known: {', '.join(types)}")
-        kind = types[key] if isinstance(types[key], str) else types[key].__name__
-        if kind == "bool":
-            parsed: object = value.lower() in ("1", "true", "yes")
+        if not sep or key not in known:
+            raise ValueError(f"unknown setting {pair!r}; known: {', '.join(known)}")
+        current = getattr(cfg, key)
+        parsed: object
+        if isinstance(current, bool):
+            parsed = value.lower() in ("1", "true", "yes")
         else:
-            parsed = {"int": int, "float": float, "str": str}[kind](value)
+            parsed = type(current)(value)
         setattr(cfg, key, parsed)
 
 
 def split_overrides(pairs: list[str]) -> tuple[list[str], list[str]]:
     """Route overrides to TrainConfig or ModelConfig by field name (model.* prefix optional)."""
     model_keys = {f.name for f in fields(ModelConfig)}
-    train, model = [], []
+    train: list[str] = []
+    model: list[str] = []
     for pair in pairs:
         key = pair.split("=", 1)[0].removeprefix("model.")
         (model if key in model_keys else train).append(pair.removeprefix("model."))

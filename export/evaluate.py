@@ -46,13 +46,13 @@ def select(samples: list[Sample], model: Path, split: str) -> list[Sample]:
                         float(rule["test_frac"])) == split]
 
 
-def report(scorer: Scorer, samples: list[Sample]) -> dict:
+def report(scorer: Scorer, samples: list[Sample]) -> dict[str, object]:
     """The figures the issue asks for, for the whole network and each branch alone."""
     labels = np.array([s.label for s in samples], dtype=np.int64)
     logits = scorer.infer_logits([scorer.prepare(s.raw) for s in samples])
     scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80)))
     whole = scores[:, 0]
-    out = metrics.summary(labels, whole)
+    out: dict[str, object] = dict(metrics.summary(labels, whole))
     out["at_tag"] = metrics.at_threshold(labels, whole, scorer.thresholds.tag)
     out["at_reject"] = metrics.at_threshold(labels, whole, scorer.thresholds.reject)
     out["parts"] = {name: metrics.summary(labels, scores[:, col])

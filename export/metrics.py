@@ -29,7 +29,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 def threshold_at_fpr(ham_scores: np.ndarray, max_fpr: float) -> float:
     """Lowest threshold that flags at most max_fpr of these ham (score >= threshold flags)."""
     ham = np.sort(np.asarray(ham_scores, dtype=np.float64))[::-1]
-    allowed = int(math.floor(max_fpr * len(ham) + 1e-9))
+    allowed = math.floor(max_fpr * len(ham) + 1e-9)
     if len(ham) == 0:
         return 0.5
     if allowed >= len(ham):

@@ -107,7 +107,7 @@ class Scorer:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", *, threads: int = 1,
-             max_tokens: int = 4096, chunk_tokens: int = 256) -> "Scorer":
+             max_tokens: int = 4096, chunk_tokens: int = 256) -> Scorer:
         """Open an artifact folder. Raises ModelError with a clear message on any problem.
 
         The model reads at most the number of tokens it was trained with (manifest
@@ -178,8 +178,8 @@ class Scorer:
             active = np.flatnonzero(lengths > start)     # messages with tokens left
             span = np.minimum(lengths[active] - start, self.chunk_tokens)
             tokens = np.zeros((active.size, int(span.max())), np.int64)   # (batch, time)
-            for row, i in enumerate(active):
-                chunk = batch[i].ids[start:start + self.chunk_tokens]
+            for row, index in enumerate(active.tolist()):
+                chunk = batch[index].ids[start:start + self.chunk_tokens]
                 tokens[row, : chunk.size] = chunk
             first = start == 0   # the features go in once, with the first chunk
             feeds = {"tokens": tokens, "lengths": span,

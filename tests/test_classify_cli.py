@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _classify(*args: str, stdin: bytes = b"") -> tuple[int, list[dict], str]:
     proc = subprocess.run([sys.executable, "-m", "filterd", "classify", *args], input=stdin,
-                          capture_output=True, cwd=REPO, timeout=120)
+                          check=False, capture_output=True, cwd=REPO, timeout=120)
     lines = [json.loads(line) for line in proc.stdout.decode().splitlines()]
     return proc.returncode, lines, proc.stderr.decode()
 
