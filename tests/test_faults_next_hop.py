@@ -7,6 +7,7 @@ and once the next hop behaves again the same message goes through.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -83,3 +84,16 @@ def test_next_hop_temporary_failure_at_data_is_passed_on_as_4xx(
 ) -> None:
     hop.behave(data=reply)
     assert_tempfail_then_delivered(daemon, hop)
+
+
+def test_next_hop_that_never_greets(daemon_factory) -> None:
+    """The next hop takes the TCP connection but never says 220 (a hung MTA)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes handshakes; nobody ever answers
+        port = silent.getsockname()[1]
+        mute = daemon_factory(next_hop=f"127.0.0.1:{port}",
+                              timeouts={"next_hop_connect": 2, "next_hop": 4})
+        outcome = smtp_send(mute.port, MESSAGE)
+        assert outcome.code == 451, outcome
+        assert mute.healthy(), mute.serve.log()[-3000:]

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.postfix import MailPath, assert_intact, corpus_messages, swaks, wait_until
+from tests.fixtures.postfix import (
+    MODEL,
+    MailPath,
+    assert_intact,
+    corpus_messages,
+    swaks,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.postfix, pytest.mark.corpus, pytest.mark.slow]
 
@@ -83,3 +90,32 @@ def test_filterd_down_the_client_is_told_to_retry(before: MailPath, ham: list[by
                60, "the retried message at the sink")
     (got,) = [m for m in before.sink.messages if m.rcpt_tos == ["later@example.com"]]
     assert_intact(ham[1], got)
+
+
+def test_reject_at_the_manifest_threshold(before: MailPath, ham: list[bytes],
+                                          spam: list[bytes], tmp_path: Path) -> None:
+    """`reject_at: manifest`: what the model scores at or above its calibrated reject
+    threshold gets 550 at the client, the rest is relayed."""
+    from filterd.scorer import Scorer
+
+    assert before.filterd is not None
+    scorer = Scorer.load(MODEL, device="cpu")
+    before.sink.clear()
+    before.filterd.restart(policy={"reject_at": "manifest"})
+    passed = []
+    try:
+        for raw, score in zip([ham[0], *spam], scorer.score([ham[0], *spam]), strict=True):
+            result = swaks(before.postfix.smtp_port, raw, tmp_path, to="judged@example.com")
+            expected = "550" if score >= scorer.thresholds.reject else "250"
+            assert result.data_reply().startswith(expected), (score, result.transcript)
+            if expected == "250":
+                passed.append(raw)
+    finally:
+        before.filterd.restart(policy={"reject_at": None})
+    assert passed, "the ham must pass"
+    got = before.sink.wait_for(len(passed))
+    assert len(got) == len(passed)
+    for raw in passed:  # Postfix may deliver them in any order
+        (message,) = [m for m in got if m.split()[1] == raw.partition(b"\r\n\r\n")[2]]
+        assert_intact(raw, message)
+    before.postfix.wait_empty()
