@@ -4,12 +4,13 @@
 
 For each session count S, the same load goes straight into smtp-sink ("direct"), through
 bench/plain_relay.py ("plain", no scoring) and through `filterd serve` with the shipped config
-and model ("filterd"). The load is Postfix's smtp-source, S-1 sessions spread over up to four
-processes, each sending a different ~4 KB corpus message (half ham, half spam) over one
-connection per session (-d, like an MTA's connection cache). smtp-source cannot time single
-messages, so the S-th session is our own probe: an aiosmtplib client that sends corpus
-messages one after another over one connection while the load runs and times each
-transaction, MAIL FROM to the reply to the final dot. At S = 1 the probe is the whole load.
+and model ("filterd"). The load is Postfix's smtp-source: all sessions but the probes, spread
+over up to four processes, each sending a different ~4 KB corpus message (half ham, half
+spam) over one connection per session (-d, like an MTA's connection cache). smtp-source
+cannot time single messages, so some sessions are our own probes (one; four from 16 sessions
+on, so that every worker process is sampled): aiosmtplib clients that send corpus messages
+one after another over one connection while the load runs and time each transaction, MAIL
+FROM to the reply to the final dot. At S = 1 the probe is the whole load.
 
 Figures per run: messages/s (all sessions), probe latency p50/p99, and CPU seconds the server
 under test (all its processes) spent per message, which is less noisy than throughput on a
@@ -35,6 +36,7 @@ import aiosmtplib
 from bench import harness
 
 SOURCE_PROCESSES = 4
+PROBES = 4
 FILTERD_LOG = harness.RESULTS / "filterd-e2e.log"
 
 
@@ -69,24 +71,33 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def probes_for(sessions: int) -> int:
+    """Probe sessions among `sessions`: one, up to four from 16 sessions on, so that the
+    latency sample covers every worker process (each connection sticks to one worker)."""
+    return max(1, min(PROBES, sessions // 4))
+
+
 async def run_load(port: int, sessions: int, total: int, files: list[Path],
                    messages: list[bytes]) -> dict[str, float]:
-    """S-1 smtp-source sessions plus the probe; returns throughput and latency figures."""
+    """smtp-source sessions plus the probes; returns throughput and latency figures."""
     done = asyncio.Event()
     start = time.perf_counter()
     if sessions == 1:
         latencies = await probe(port, messages, done, total)
         sent = len(latencies)
     else:
-        procs = min(SOURCE_PROCESSES, sessions - 1)
+        probes = probes_for(sessions)
+        procs = min(SOURCE_PROCESSES, sessions - probes)
         loads = [smtp_source(port, s, m, files[i % len(files)]) for i, (s, m) in
-                 enumerate(zip(split(sessions - 1, procs), split(total, procs), strict=True))]
-        probe_task = asyncio.create_task(probe(port, messages, done, 10**9))
+                 enumerate(zip(split(sessions - probes, procs), split(total, procs),
+                               strict=True))]
+        probe_tasks = [asyncio.create_task(probe(port, messages[i::probes], done, 10**9))
+                       for i in range(probes)]
         try:
             await asyncio.gather(*loads)
         finally:
             done.set()
-        latencies = await probe_task
+        latencies = [x for found in await asyncio.gather(*probe_tasks) for x in found]
         sent = total + len(latencies)
     wall = time.perf_counter() - start
     cuts = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [
