@@ -58,7 +58,7 @@ def serve(address: str | None, registry: CollectorRegistry = REGISTRY) -> Callab
     except OSError as exc:
         log.error("metrics endpoint off: cannot listen on %s: %s", address, exc)
         return lambda: None
-    bound, port = server.server_address[:2]
+    bound, port = str(server.server_address[0]), int(server.server_address[1])
     log.info("metrics on http://%s:%d/metrics", f"[{bound}]" if ":" in bound else bound, port)
 
     def stop() -> None:
