@@ -292,13 +292,19 @@ def load_scorer(config: Config) -> Any:
     return scorer
 
 
+def describe(path: str | Path, exc: ConfigError) -> str:
+    """"FILE: key: why" for the log or the terminal, without naming the file twice."""
+    text = str(exc)
+    return text if text.startswith(f"{path}:") else f"{path}: {text}"
+
+
 def run(args: argparse.Namespace) -> int:
     """`filterd check-config -c FILE`: 0 when the config and its model are good, else 2."""
     try:
         config = load_config(args.config)
         scorer = load_scorer(config)
     except ConfigError as exc:
-        print(f"filterd: {args.config}: {exc}", file=sys.stderr)
+        print(f"filterd: {describe(args.config, exc)}", file=sys.stderr)
         return 2
     print(f"{args.config}: OK (model {scorer.version} on {scorer.provider}, "
           f"{config.worker_count()} worker(s), listening on {config.listen})")

@@ -26,7 +26,7 @@ from typing import Any
 from filterd import log as logsetup
 from filterd import metrics, replies
 from filterd.batcher import Batcher
-from filterd.config import Config, load_config, load_scorer, split_hostport
+from filterd.config import Config, describe, load_config, load_scorer, split_hostport
 from filterd.errors import ConfigError
 from filterd.handler import FilterHandler, smtp_factory
 from filterd.notify import Notifier
@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        log.error("%s: %s", args.config, exc)
+        log.error("%s", describe(args.config, exc))
         return 2
     logsetup.set_level(config.log.level)
     if args.worker is not None:
