@@ -123,3 +123,13 @@ def test_unreadable_and_non_yaml_files(tmp_path: Path) -> None:
     bad.write_text("listen: [unclosed\n")
     result = check_config(bad)
     assert result.returncode == 2 and "not valid YAML" in result.stderr
+
+
+def test_serve_refuses_a_broken_config_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("scoring:\n  max_wait: 5\n")
+    result = subprocess.run([sys.executable, "-m", "filterd", "serve", "-c", str(path)],
+                            check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2          # the unit's RestartPreventExitStatus=2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and " ERROR " in lines[0] and "scoring.max_wait:" in lines[0]
