@@ -269,6 +269,10 @@ class FilterHandler:
 
     # Transaction bookkeeping.
 
+    async def abort(self, session: Any) -> None:
+        """End the session's transaction, if any: RSET the next hop and pool the connection."""
+        await self._abort(session)
+
     async def _abort(self, session: Any) -> None:
         if session.txn is not None:
             txn = session.txn

@@ -102,6 +102,14 @@ class FilterSMTP(SMTP):
         arg, self.extra_params = _take_params(arg, _RCPT_EXTRA)
         await super().smtp_RCPT(arg)
 
+    async def smtp_DATA(self, arg: str | None) -> None:
+        await super().smtp_DATA(arg)
+        # aiosmtpd answered 552 or 500 itself (too much data, line too long) and reset the
+        # envelope without calling handle_DATA: close our next-hop transaction too.
+        session: Any = self.session
+        if session.txn is not None and self.envelope is not None and not self.envelope.mail_from:
+            await self.event_handler.abort(session)
+
     @syntax("XFORWARD attribute=value ...")
     async def smtp_XFORWARD(self, arg: str | None) -> None:
         await self.push(self.event_handler.xforward(self.session, self.envelope, arg or ""))

@@ -48,6 +48,8 @@ def test_size_is_enforced(make_filterd: Any, sink: Any) -> None:
         assert client.rcpt("r@example.org")[0] == 250
         assert client.data(MESSAGE + b"x" * 5000 + b"\r\n") == (
             552, replies.S552_TOO_MUCH_DATA[4:].encode())
+        # The next-hop transaction is reset too (just after the reply, hence the wait).
+        wait_until(lambda: fd.handler.in_flight == 0, 10, "the transaction to end")
         assert client.sendmail(SENDER, ["r@example.org"], MESSAGE) == {}
     assert len(sink.wait_for(1)) == 1
 
