@@ -132,8 +132,12 @@ class Relay:
             hostname=self.host, port=self.port, timeout=self.timeout,
             local_hostname=self.helo_name, start_tls=False, use_tls=False,
         )
-        await smtp.connect(timeout=self.connect_timeout)
-        await smtp.ehlo()
+        try:
+            await smtp.connect(timeout=self.connect_timeout)
+            await smtp.ehlo()
+        except BaseException:
+            smtp.close()
+            raise
         return smtp, False
 
     def _release(self, smtp: aiosmtplib.SMTP) -> None:
@@ -176,7 +180,7 @@ class Transaction:
 
     async def data(self, message: bytes) -> str:
         """DATA, the dot-stuffed message, the final dot; then the connection goes back to the pool."""
-        reply = await self._command(b"DATA", expect=354)
+        reply = await self._command(b"DATA")
         if self.failed or not reply.startswith("3"):
             self.close()
             return self.failed or reply
@@ -256,7 +260,7 @@ class Transaction:
             out.append(param.encode("utf-8", "surrogateescape"))
         return out
 
-    async def _command(self, *args: bytes, expect: int = 250) -> str:
+    async def _command(self, *args: bytes) -> str:
         if self.failed or self.smtp is None:
             return self.failed or replies.S451_NEXT_HOP_LOST
         try:
