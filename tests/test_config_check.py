@@ -10,12 +10,16 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
-from filterd.config import Config, load_config
+from filterd.config import Config, load_config, split_hostport
 from filterd.errors import ConfigError
+from filterd.server import format_address
 from tests.fixtures.lifecycle import REPO, copy_model, corrupt_model, shipped_model
 
 # (class of mistake, YAML, the key path the message must name)
@@ -134,3 +138,21 @@ def test_serve_refuses_a_broken_config_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2          # the unit's RestartPreventExitStatus=2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and " ERROR " in lines[0] and "scoring.max_wait:" in lines[0]
+
+
+@given(st.ip_addresses(), st.integers(0, 65535))
+def test_split_hostport_round_trips(address: Any, port: int) -> None:
+    text = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    assert split_hostport(text) == (str(address), port)
+    assert split_hostport(format_address((str(address), port))) == (str(address), port)
+
+
+@given(st.text(max_size=30))
+def test_split_hostport_rejects_or_parses(text: str) -> None:
+    try:
+        host, port = split_hostport(text)
+    except ValueError:
+        return
+    assert host and host in text
+    assert ":" not in host or text.startswith(f"[{host}]:")   # IPv6 only in brackets
+    assert 0 <= port <= 65535 and int(text.rpartition(":")[2]) == port
