@@ -169,7 +169,11 @@ class FilterHandler:
         txn = await self.relay.open(session.xforward)
         session.client = session.xforward.get("ADDR") or session.peer[0]
         session.xforward = {}        # XFORWARD attributes last one transaction
-        reply = await txn.mail(address, [*mail_options, *server.extra_params])
+        try:
+            reply = await txn.mail(address, [*mail_options, *server.extra_params])
+        except BaseException:   # the client went away meanwhile (CancelledError)
+            txn.close()
+            raise
         if not reply.startswith("2"):
             txn.close()
             return reply
