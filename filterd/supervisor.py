@@ -235,6 +235,12 @@ class Supervisor:
             worker.proc.send_signal(signal.SIGHUP)
         results = await asyncio.gather(*(self._expect(w, STARTUP_TIMEOUT) for w in ready))
         refused = [text for event, text in results if event != "reloaded"]
+        if refused and len(refused) < len(ready):   # only if a worker ran out of something
+            metrics.RELOADS.labels("failed").inc()
+            log.error("reload failed in %d of %d workers, the others reloaded (send SIGHUP "
+                      "again or restart filterd): %s", len(refused), len(ready), refused[0])
+            self.notifier.ready("reload partly failed, see the log")
+            return
         if refused:
             self._refused(refused[0])
             return
