@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import smtplib
 import subprocess
 import time
@@ -265,3 +266,57 @@ def test_swaks_pipelining_client(filterd: Any, sink: Any, tmp_path: Any) -> None
     assert received.rcpt_tos == ["b@example.org", "c@example.org"]
     # swaks ends the data with an extra CRLF of its own (it does so straight into a sink too).
     assert ours_and_rest(received.data)[1] == message.read_bytes() + b"\r\n"
+
+
+class SlowScorer(BrokenScorer):
+    """The shipped scorer, made slower than timeouts.scoring: a fault we cannot cause for real."""
+
+    def __init__(self, real: Any) -> None:
+        super().__init__(real)
+        self.real = real
+
+    def infer(self, batch: Any) -> list[float]:
+        time.sleep(1.5)
+        return list(self.real.infer(batch))
+
+
+@pytest.mark.parametrize("on_error", ["tempfail", "accept"])
+def test_slow_scoring_is_cut_off_at_the_scoring_timeout(make_filterd: Any, sink: Any,
+                                                        scorer: Any, on_error: str) -> None:
+    fd = make_filterd(timeouts={"scoring": 0.3}, scoring={"on_error": on_error})
+    slow = InProcessFilterd(fd.config, SlowScorer(scorer)).start()
+    try:
+        with smtplib.SMTP(slow.host, slow.port) as client:
+            client.ehlo()
+            client.mail(SENDER)
+            client.rcpt("r@example.org")
+            reply = client.data(MESSAGE)
+        if on_error == "tempfail":
+            assert reply == (451, replies.S451_SCORING_FAILED[4:].encode())
+            assert sink.received == []
+        else:
+            assert reply[0] == 250
+            assert ours_and_rest(sink.wait_for(1)[0].data)[0]["X-Spam-Status"] == "Unknown"
+    finally:
+        slow.stop()
+
+
+def test_reconfigure_applies_to_new_transactions_only(filterd: Any, sink: Any) -> None:
+    with smtplib.SMTP(filterd.host, filterd.port) as before, \
+            smtplib.SMTP(filterd.host, filterd.port) as after:
+        before.ehlo()
+        before.mail(SENDER)
+        before.rcpt("r@example.org")
+
+        async def reject_everything() -> None:
+            config = dataclasses.replace(
+                filterd.config, policy=dataclasses.replace(filterd.config.policy, tag_at=0.0,
+                                                           reject_at=0.0))
+            filterd.handler.reconfigure(config, filterd.handler.state.batcher)
+
+        filterd.run(reject_everything())
+        assert before.data(MESSAGE)[0] == 250       # started under the old config
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            after.sendmail(SENDER, ["r@example.org"], MESSAGE)
+        assert said(refused.value) == replies.S550_SPAM_REJECTED
+    assert len(sink.wait_for(1)) == 1

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from filterd.batcher import Batcher
 from filterd.headers import Verdict, header_end, render, tag
@@ -116,8 +117,14 @@ def test_batcher_survives_cancelled_callers(scorer: Any) -> None:
     assert 0.0 <= asyncio.run(run()) <= 1.0
 
 
-def test_one_info_line_per_message(filterd: Any, sink: Any, caplog: Any) -> None:
+def counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_one_info_line_and_metrics_per_message(filterd: Any, sink: Any, caplog: Any) -> None:
     caplog.set_level("INFO", logger="filterd.handler")
+    before = {a: counted("filterd_messages_total", action=a) for a in ("ham", "tagged")}
+    relayed = counted("filterd_relay_seconds_count")
     with smtplib.SMTP(filterd.host, filterd.port) as client:
         client.sendmail("alice@example.org", ["a@example.org", "b@example.org"],
                         b"Subject: hi\r\n\r\nhello\r\n")
@@ -128,7 +135,10 @@ def test_one_info_line_per_message(filterd: Any, sink: Any, caplog: Any) -> None
     for part in ("client=127.0.0.1", "from=<alice@example.org>", "rcpts=2", "size=22",
                  "score=0.", "scoring_ms=", "relay_ms=", "reply='250 2.0.0 Ok: queued as SINK1'"):
         assert part in line, line
-    assert "action=ham" in line or "action=tagged" in line
+    action = "ham" if "action=ham" in line else "tagged"
+    assert f"action={action}" in line
+    assert counted("filterd_messages_total", action=action) == before[action] + 1
+    assert counted("filterd_relay_seconds_count") == relayed + 1
 
 
 @pytest.mark.slow
