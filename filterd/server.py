@@ -170,16 +170,20 @@ class Daemon:
         server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.timeouts.shutdown
-        busy = [s for s in self.sessions if is_open(s)]
-        log.info("stopped accepting; %d session(s) open, %d in a transaction", len(busy),
-                 sum(map(in_transaction, busy)))
+        # Only the transactions open now may finish: a session is closed as soon as it has no
+        # transaction, or has moved on to a new one (aiosmtpd makes a new envelope per
+        # transaction), so a pipelining client cannot keep us up with more mail.
+        busy = self._transactions()
+        for session in [s for s in self.sessions if s not in busy]:
+            close_421(session)
+        log.info("stopped accepting; %d session(s) in a transaction", len(busy))
         while busy and loop.time() < deadline and not self.forced.is_set():
-            for session in busy:
-                if not in_transaction(session):
+            await asyncio.sleep(0.05)
+            for session, envelope in list(busy.items()):
+                if session.envelope is not envelope or not in_transaction(session):
                     close_421(session)
-            busy = [s for s in busy if is_open(s)]
-            if busy:
-                await asyncio.sleep(0.05)
+                if not is_open(session):
+                    del busy[session]
         for session in busy:
             log.warning("shutdown: closing a session still in a transaction with 421")
             close_421(session)
