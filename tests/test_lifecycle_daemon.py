@@ -222,12 +222,13 @@ def children(pid: int) -> set[int]:
 def test_dead_worker_is_replaced(make: Callable[..., Daemon], recorder: Sink) -> None:
     daemon = make(workers=2).start()
     assert daemon.proc is not None
-    before = children(daemon.proc.pid)
+    supervisor = daemon.proc.pid
+    before = children(supervisor)
     assert len(before) == 2
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: "starting a new one" in daemon.log(), 30, "the supervisor to notice")
-    after = wait_until(lambda: len(c := children(daemon.proc.pid)) == 2 and victim not in c and c,
+    after = wait_until(lambda: len(c := children(supervisor)) == 2 and victim not in c and c,
                        60, "a new worker")
     assert len(after - before) == 1
     wait_until(lambda: " replaced (pid " in daemon.log(), 60, "the new worker to be ready")
