@@ -62,7 +62,7 @@ def write(out: Path, net: SpamNet, vocab: Vocab, idf: np.ndarray, *, cfg, mcfg, 
          "rule": "sha256(seed as 8 little-endian bytes + message) -> uniform; < test_frac: test",
          "sources": {k: sorted(s.source for s in v) for k, v in parts.items()}}, indent=0))
     to_onnx.export(net, out / "model.onnx")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     manifest = {
         "format": FORMAT, "version": now.strftime("%Y%m%d-%H%M%S") + f"-s{cfg.seed}",
         "created": now.isoformat(timespec="seconds"), "text": spec,

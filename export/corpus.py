@@ -26,7 +26,7 @@ TARBALLS = ("20030228_easy_ham.tar.bz2", "20030228_easy_ham_2.tar.bz2",
 URL = "https://spamassassin.apache.org/old/publiccorpus/"
 MAX_MESSAGE = 32 * 1024 * 1024      # larger files are skipped as malformed
 _SKIP = {"cmds", ".DS_Store"}       # the published tarballs carry a `cmds` file per folder
-_HEADER = re.compile(rb"^[!-9;-~]+[ \t]*:", re.M)
+_HEADER = re.compile(rb"^[!-9;-~]+[ \t]*:", re.MULTILINE)
 
 
 class Sample(NamedTuple):

@@ -200,4 +200,4 @@ def main(argv: list[str]) -> int:
     return run(parse_args(argv))
 
 
-__all__ = ["main", "Prepared"]
+__all__ = ["Prepared", "main"]

@@ -55,6 +55,7 @@ _TOKEN = re.compile(
     r"|(?P<punct>[!$%?\u20ac\u00a3])"
 )
 _MAX_WORD = 20
+_CHARS_PER_TOKEN = 64       # text looked at per token wanted
 
 
 class Analysis(NamedTuple):
@@ -272,7 +273,8 @@ def tokenize(text: str, limit: int) -> list[str]:
     out: list[str] = []
     if limit <= 0:
         return out
-    for match in _TOKEN.finditer(text.lower()):
+    # lower-casing the whole text would cost more than the tokens we keep: bound it
+    for match in _TOKEN.finditer(text[: limit * _CHARS_PER_TOKEN].lower()):
         kind = match.lastgroup
         value = match.group()
         if kind == "word" or kind == "cjk" or kind == "punct":

@@ -26,7 +26,7 @@ class Vocab:
         return len(self.tokens)
 
     @classmethod
-    def build(cls, docs: Iterable[list[str]], max_size: int, min_count: int = 2) -> "Vocab":
+    def build(cls, docs: Iterable[list[str]], max_size: int, min_count: int = 2) -> Vocab:
         """Most frequent tokens of the training documents, ties broken alphabetically."""
         counts: Counter[str] = Counter()
         for tokens in docs:
@@ -45,6 +45,6 @@ class Vocab:
         path.write_text(json.dumps({"spec": spec, "tokens": self.tokens}, ensure_ascii=False))
 
     @classmethod
-    def load(cls, path: Path) -> tuple["Vocab", dict[str, object]]:
+    def load(cls, path: Path) -> tuple[Vocab, dict[str, object]]:
         data = json.loads(path.read_text(encoding="utf-8"))
         return cls(list(data["tokens"])), dict(data["spec"])
