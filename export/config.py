@@ -24,6 +24,7 @@ class TrainConfig:
     lr: float = 3e-3              # deep part (embedding, GRU, head), one-cycle
     wide_lr: float = 0.1          # wide part, constant
     aux_weight: float = 1.0       # weight of each branch's own loss beside the sum's
+    ham_weight: float = 1.0       # loss weight of ham relative to spam
     threads: int = 2
     dry_run: bool = False         # one batch of training, for smoke tests
 

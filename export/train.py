@@ -70,11 +70,19 @@ def build_inputs(train: list[Sample], cfg: TrainConfig) -> tuple[Vocab, np.ndarr
     return vocab, features.fit_idf(df, len(analyses))
 
 
-def loss_fn(out: tuple[torch.Tensor, ...], labels: torch.Tensor, aux: float) -> torch.Tensor:
-    """Loss of the sum plus each branch's own loss, so neither branch starves the other."""
+def loss_fn(out: tuple[torch.Tensor, ...], labels: torch.Tensor, aux: float,
+            ham_weight: float = 1.0) -> torch.Tensor:
+    """Loss of the sum plus each branch's own loss, so neither branch starves the other.
+
+    Ham errors weigh ham_weight times more: a flagged ham costs more than a missed spam.
+    """
     logit, logit_rnn, logit_wide = out
-    bce = F.binary_cross_entropy_with_logits
-    return bce(logit, labels) + aux * (bce(logit_rnn, labels) + bce(logit_wide, labels))
+    weight = 1.0 + (ham_weight - 1.0) * (1.0 - labels)
+
+    def bce(x: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(x, labels, weight=weight)
+
+    return bce(logit) + aux * (bce(logit_rnn) + bce(logit_wide))
 
 
 @torch.no_grad()
@@ -106,7 +114,8 @@ def fit(cfg: TrainConfig, net: SpamNet, train: list[Batch], val: list[Batch],
         started = time.monotonic()
         for i in tqdm(order, desc=f"epoch {epoch + 1}", leave=False, file=sys.stderr):
             b = train[i]
-            loss = loss_fn(net(*(t.to(device) for t in b[:4])), b.labels.to(device), cfg.aux_weight)
+            loss = loss_fn(net(*(t.to(device) for t in b[:4])), b.labels.to(device),
+                           cfg.aux_weight, cfg.ham_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(deep, 1.0)
