@@ -34,6 +34,7 @@ def test_stalled_client_is_dropped_and_frees_its_slot(daemon_factory, stall: str
     assert smtp_send(daemon.port, MESSAGE).code == 250  # the slot is free again
     (got,) = daemon.next_hop.wait_for(1)
     our_headers_then(MESSAGE, got.data)  # the half message was never relayed
+    assert "Traceback" not in daemon.serve.log(), daemon.serve.log()[-3000:]
 
 
 def test_five_hundred_connections_at_once(daemon_factory) -> None:
@@ -53,3 +54,4 @@ def test_five_hundred_connections_at_once(daemon_factory) -> None:
     assert outcome.code == 250, outcome
     (got,) = daemon.next_hop.wait_for(1)
     our_headers_then(MESSAGE, got.data)
+    assert "Traceback" not in daemon.serve.log(), daemon.serve.log()[-3000:]

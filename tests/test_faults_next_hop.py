@@ -33,6 +33,7 @@ def hop(daemon: Daemon) -> Iterator[NextHop]:
     yield daemon.next_hop
     daemon.next_hop.behave()
     assert daemon.healthy(), daemon.serve.log()[-3000:]
+    assert "Traceback" not in daemon.serve.log(), daemon.serve.log()[-3000:]
 
 
 def assert_tempfail_then_delivered(daemon: Daemon, hop: NextHop) -> None:

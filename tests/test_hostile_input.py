@@ -62,6 +62,7 @@ def hop(daemon: Daemon) -> Iterator[NextHop]:
     daemon.next_hop.behave()
     yield daemon.next_hop
     assert daemon.healthy(), daemon.serve.log()[-3000:]
+    assert "Traceback" not in daemon.serve.log(), daemon.serve.log()[-3000:]
 
 
 def accepted_intact(daemon: Daemon, hop: NextHop, message: bytes, **kwargs) -> bytes:
