@@ -126,3 +126,27 @@ def test_xforward_carries_the_original_queue_id_to_the_reinjection_smtpd(
     after.postfix.wait_empty()
     assert f"orig_queue_id={match.group(1)}, orig_client=localhost[127.0.0.1]" in \
         after.postfix.maillog()
+
+
+@pytest.mark.parametrize("utf8_envelope", [False, True], ids=["8bitmime", "smtputf8"])
+def test_eight_bit_and_utf8_mail_pass_unconverted(after: MailPath, utf8_envelope: bool) -> None:
+    """filterd advertises 8BITMIME and SMTPUTF8, so Postfix neither down-converts 8-bit
+    bodies (which would break DKIM) nor bounces mail with UTF-8 addresses."""
+    import smtplib
+
+    after.sink.clear()
+    rcpt = "josé@example.com" if utf8_envelope else "eight@example.com"
+    message = ("From: José <jose@example.org>\r\nDate: Thu, 26 Nov 2026 12:00:00 +0000\r\n"
+               "Message-ID: <utf8@example.org>\r\nSubject: déjà vu\r\nMIME-Version: 1.0\r\n"
+               "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+               "\r\nÇa marche très bien, 日本語も.\r\n").encode()
+    options = ["BODY=8BITMIME", "SMTPUTF8"] if utf8_envelope else ["BODY=8BITMIME"]
+    with smtplib.SMTP("127.0.0.1", after.postfix.smtp_port, timeout=60) as client:
+        client.ehlo("client.test.invalid")
+        refused = client.sendmail("sender@example.org", [rcpt], message, mail_options=options)
+    assert refused == {}
+    (got,) = after.sink.wait_for(1)
+    assert got.rcpt_tos == [rcpt]
+    assert_intact(message, got)
+    verdict(got)
+    after.postfix.wait_empty()
