@@ -6,6 +6,8 @@ swaks -> Postfix smtpd -> queue -> filterd -> re-injection smtpd -> queue -> rec
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from tests.fixtures.postfix import Delivered, MailPath, assert_intact, corpus_me
 pytestmark = [pytest.mark.postfix, pytest.mark.corpus, pytest.mark.slow]
 
 COUNT = 5  # messages of each kind
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +153,23 @@ def test_eight_bit_and_utf8_mail_pass_unconverted(after: MailPath, utf8_envelope
     assert_intact(message, got)
     verdict(got)
     after.postfix.wait_empty()
+
+
+def test_a_burst_of_mail_through_postfix_is_all_delivered(after: MailPath) -> None:
+    """Postfix's own load generator: 100 messages over 10 parallel sessions; Postfix then
+    runs up to 10 deliveries into filterd at once (the filterd transport's maxproc)."""
+    assert after.filterd is not None
+    after.sink.clear()
+    count = 100
+    subprocess.run(
+        [SMTP_SOURCE, "-s", "10", "-m", str(count), "-l", "2000", "-f", "load@example.org",
+         "-t", "burst@example.com", "-M", "client.test.invalid",
+         f"127.0.0.1:{after.postfix.smtp_port}"],
+        check=True, timeout=120, capture_output=True,
+    )
+    got = after.sink.wait_for(count, timeout=120)
+    assert len(got) == count
+    assert all(m.rcpt_tos == ["burst@example.com"] for m in got)
+    assert all(m.header("X-Spam-Status") for m in got)
+    after.postfix.wait_empty()
+    assert "Traceback" not in after.filterd.log()
