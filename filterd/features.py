@@ -90,6 +90,13 @@ def hash_ngrams(data: bytes, scheme: str = "char_wb") -> tuple[np.ndarray, np.nd
     return words, np.concatenate(grams)
 
 
+def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys and their counts: np.unique(return_counts=True), about twice as fast."""
+    keys.sort()
+    first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    return keys[first].astype(np.int64), np.diff(np.append(first, keys.size))
+
+
 def featurize(data: bytes, idf: np.ndarray,
               scheme: str = "char_wb") -> tuple[np.ndarray, np.ndarray]:
     """Sparse feature vector of one message: (bucket ids int64, weights float32)."""
@@ -97,7 +104,7 @@ def featurize(data: bytes, idf: np.ndarray,
     if words.size + chars.size == 0:
         return np.zeros(1, np.int64), np.zeros(1, np.float32)
     # One sort for both groups: char buckets are offset by BUCKETS to keep them apart.
-    keys, counts = np.unique(np.concatenate((words, chars + BUCKETS)), return_counts=True)
+    keys, counts = _count(np.concatenate((words, chars + BUCKETS)).astype(np.int32))
     ids = keys & (BUCKETS - 1)
     weights = (1.0 + np.log(counts, dtype=np.float32)) * idf[ids]
     split = int(np.searchsorted(keys, BUCKETS))

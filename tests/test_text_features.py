@@ -68,3 +68,12 @@ def test_idf_round_trip(tmp_path) -> None:
     assert idf[rare] > idf[common]
     features.save_idf(tmp_path / "idf.npy", idf)
     assert np.array_equal(features.load_idf(tmp_path / "idf.npy"), idf)
+
+
+def test_count_matches_numpy_unique() -> None:
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 50, 5000):
+        keys = rng.integers(0, 2 * features.BUCKETS, size).astype(np.int32)
+        want = np.unique(keys, return_counts=True)
+        got = features._count(keys.copy())
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
