@@ -42,7 +42,9 @@ _ENCODED_WORD = re.compile(r"=\?([\w.:-]+)\?([bBqQ])\?([^?\s]*)\?=")
 _DOMAIN = re.compile(r"@\[?([\w.-]+)")
 _RCVD_FROM = re.compile(r"from\s+([\w.-]+)", re.I)
 _ANGLE_ADDR = re.compile(r"<([^<>]*)>")
-_HTML_DROP = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->", re.I | re.S)
+_HIDDEN_OPEN = re.compile(r"<(script|style)\b|<!--", re.I)
+_HIDDEN_CLOSE = {"script": re.compile(r"</script\s*>", re.I),
+                 "style": re.compile(r"</style\s*>", re.I), None: re.compile(r"-->")}
 _HTML_TAG = re.compile(r"<[^>]{0,2000}>")
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
@@ -234,7 +236,32 @@ def _leaf(part: _Part, texts: list[str], extra: list[bytes], facts: list[str]) -
 
 def html_to_text(markup: str) -> str:
     """Visible text of an HTML fragment: scripts, styles and comments dropped, tags become spaces."""
-    return html.unescape(_HTML_TAG.sub(" ", _HTML_DROP.sub(" ", markup)))
+    return html.unescape(_HTML_TAG.sub(" ", _drop_hidden(markup)))
+
+
+def _drop_hidden(markup: str) -> str:
+    """Remove <script>/<style> elements and comments in linear time.
+
+    A regular expression like `<script.*?</script>` rescans to the end for every unclosed
+    opener, which hostile mail turns into seconds; here a closer that is missing once is
+    never searched for again. An unclosed opener stays and becomes a space like any tag.
+    """
+    out: list[str] = []
+    pos = 0
+    missing: set[str | None] = set()
+    while (match := _HIDDEN_OPEN.search(markup, pos)) is not None:
+        kind = match.group(1).lower() if match.group(1) else None
+        close = None if kind in missing else _HIDDEN_CLOSE[kind].search(markup, match.end())
+        if close is None:
+            missing.add(kind)
+            out.append(markup[pos: match.end()])
+            pos = match.end()
+            continue
+        out.append(markup[pos: match.start()])
+        out.append(" ")
+        pos = close.end()
+    out.append(markup[pos:])
+    return "".join(out)
 
 
 def _domain(value: str) -> str:

@@ -76,3 +76,12 @@ def test_encoded_words_with_bad_charset_and_bad_base64() -> None:
     assert text.decode_header("=?x-bogus?B?aGVsbG8=?=") == "hello"
     assert text.decode_header("=?utf-8?B?####?=") in ("", "####")
     assert text.decode_header("=?utf-8?Q?caf=C3=A9_au_lait?=") == "café au lait"
+
+
+def test_html_hidden_parts_and_unclosed_openers() -> None:
+    assert text.html_to_text("a<script>x</script >b<STYLE a>y</style>c<!-- z -->d").split() == \
+        ["a", "b", "c", "d"]
+    # an opener without its closer hides nothing; later elements are still dropped
+    assert text.html_to_text("<script>keep <!-- gone --> me").split() == ["keep", "me"]
+    # hostile: thousands of unclosed openers (this once took seconds: quadratic regex)
+    assert text.html_to_text("<script>" * 20000 + "<!--" * 20000 + "tail").split() == ["tail"]
