@@ -15,6 +15,7 @@ import signal
 import smtplib
 import socket
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def scrape(port: int) -> dict[str, float]:
 @pytest.mark.parametrize("kind", ["path", "abstract"])
 def test_notify_sequence(make: Callable[..., Daemon], tmp_path: Path, workers: int, kind: str) -> None:
     listener = (NotifyListener(path=tmp_path / "notify.sock") if kind == "path"
-                else NotifyListener(abstract=f"filterd-test-{tmp_path.name}"))
+                else NotifyListener(abstract=f"filterd-test-{uuid.uuid4().hex}"))
     try:
         daemon = make(workers=workers).start(env={"NOTIFY_SOCKET": listener.address}, wait=False)
         listener.wait_for("READY", alive=daemon.check_alive)
