@@ -84,4 +84,5 @@ def test_html_hidden_parts_and_unclosed_openers() -> None:
     # an opener without its closer hides nothing; later elements are still dropped
     assert text.html_to_text("<script>keep <!-- gone --> me").split() == ["keep", "me"]
     # hostile: thousands of unclosed openers (this once took seconds: quadratic regex)
-    assert text.html_to_text("<script>" * 20000 + "<!--" * 20000 + "tail").split() == ["tail"]
+    assert text.html_to_text("<script>" * 20000 + "tail").split() == ["tail"]
+    assert text.html_to_text("<style>" * 20000 + "<!--" * 20000 + "-->tail").split() == ["tail"]
