@@ -94,7 +94,10 @@ def mail(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     root = tmp_path_factory.mktemp("mail")
     ham = first_messages(corpus_dir / "20030228_easy_ham.tar.bz2", PER_CLASS)
     spam = first_messages(corpus_dir / "20030228_spam.tar.bz2", PER_CLASS)
-    held = lambda raw: holdout_of(raw, HOLDOUT)
+
+    def held(raw: bytes) -> bool:
+        return holdout_of(raw, HOLDOUT)
+
     return {
         "ham": maildir(root / "ham", ham),
         "spam": maildir(root / "spam", spam),
