@@ -35,7 +35,8 @@ DEFAULT_MAX_TOKENS = 256
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _FOLD = re.compile(rb"\r?\n[ \t]+")
-_HEADER_LINE = re.compile(rb"^([!-9;-~]{1,76})[ \t]*:[ \t]*(.*?)[ \t\r]*$", re.M)
+# greedy value, trailing blanks stripped in Python: a lazy `(.*?)[ \t]*$` is quadratic
+_HEADER_LINE = re.compile(rb"^([!-9;-~]{1,76})[ \t]*:[ \t]*(.*)$", re.M)
 _CTYPE = re.compile(r"^\s*([\w.+-]+/[\w.+-]+)", re.A)
 _PARAM = re.compile(r';\s*([\w*-]+)\s*=\s*(?:"([^"]*)"|([^\s;]+))', re.A)
 _ENCODED_WORD = re.compile(r"=\?([\w.:-]+)\?([bBqQ])\?([^?\s]*)\?=")
@@ -45,12 +46,12 @@ _ANGLE_ADDR = re.compile(r"<([^<>]*)>")
 _HIDDEN_OPEN = re.compile(r"<(script|style)\b|<!--", re.I)
 _HIDDEN_CLOSE = {"script": re.compile(r"</script\s*>", re.I),
                  "style": re.compile(r"</style\s*>", re.I), None: re.compile(r"-->")}
-_HTML_TAG = re.compile(r"<[^>]{0,2000}>")
+_HTML_TAG = re.compile(r"<[^>]{0,2000}>")   # bounded: at most 2000 characters per "<"
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _TOKEN = re.compile(
     r"(?P<url>(?:https?://|www\.)[^\s<>\"')]+)"
-    r"|(?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"
+    r"|(?P<email>[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8})"   # bounded: no rescans
     r"|(?P<num>\d+(?:[.,]\d+)*)"
     rf"|(?P<cjk>[{_CJK}])"
     rf"|(?P<word>[^\W\d_{_CJK}]+)"
@@ -115,7 +116,7 @@ def _parse_headers(head: bytes) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in _HEADER_LINE.findall(_FOLD.sub(b" ", head[:MAX_HEADER])):
         key = name.decode("ascii").lower()
-        text = value.decode("latin-1")
+        text = value.rstrip(b" \t\r").decode("latin-1")
         out[key] = out[key] + "\n" + text if key in out else text
     return out
 

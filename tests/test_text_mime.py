@@ -86,3 +86,13 @@ def test_html_hidden_parts_and_unclosed_openers() -> None:
     # hostile: thousands of unclosed openers (this once took seconds: quadratic regex)
     assert text.html_to_text("<script>" * 20000 + "tail").split() == ["tail"]
     assert text.html_to_text("<style>" * 20000 + "<!--" * 20000 + "-->tail").split() == ["tail"]
+
+
+@pytest.mark.parametrize("raw", [
+    b"X: a" + b" \t" * 30000 + b"x\r\n\r\nbodyword",                # once quadratic: header value
+    b"Content-Type: text/plain;" + b" " * 60000 + b"x\r\n\r\nbodyword",
+    b"\r\n\r\nbodyword " + b"_" * 60000,                              # once quadratic: addresses
+    b"Content-Type: text/html\r\n\r\nbodyword " + b"<" * 60000,
+])
+def test_pathological_repetitions_still_parse(raw: bytes) -> None:
+    assert "bodyword" in text.analyze(raw).tokens
