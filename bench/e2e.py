@@ -142,7 +142,7 @@ def messages_for(sessions: int, base: int) -> int:
 
 async def bench(args: argparse.Namespace, targets: dict[str, tuple[int, int | None]],
                 files: list[Path], messages: list[bytes]) -> list[dict[str, object]]:
-    for name, (port, _) in targets.items():  # warm up: connections, model, caches
+    for port, _ in targets.values():  # warm up: connections, model, caches
         await run_load(port, 8, 200, files, messages)
     runs = []
     for sessions in args.sessions:

@@ -4,7 +4,8 @@
                           [--lengths 256 1024 4096] [--seconds 1.0]
 
 Inference: `Scorer.infer` on batches of synthetic messages of exactly N tokens (random
-vocabulary ids) with the hashed features of a real ~4 KB corpus message, on CPU with 1 and 2
+vocabulary ids), each with the hashed features of a different real ~4 KB corpus message
+(the wide branch pads a batch to its longest feature list, so this matters), on CPU with 1 and 2
 onnxruntime threads, and on CUDA when onnxruntime has that provider. Each point repeats the
 call for about `--seconds` and reports messages/s, tokens/s and ms per call.
 
@@ -45,14 +46,22 @@ def timed(fn, seconds: float) -> tuple[int, float, float]:  # type: ignore[no-un
     return calls, time.perf_counter() - start, time.process_time() - cpu
 
 
-def synthetic(scorer: Scorer, template: Prepared, tokens: int, batch: int,
+def synthetic(scorer: Scorer, templates: list[Prepared], tokens: int, batch: int,
               rng: np.random.Generator) -> list[Prepared]:
+    """`batch` messages of exactly `tokens` random ids, each with the hashed features of the
+    next real message in `templates` (their counts differ, so the batch pads as it would)."""
     size = len(scorer.vocab)
-    return [Prepared(rng.integers(2, size, tokens, dtype=np.int64), template.feat_ids,
-                     template.feat_w) for _ in range(batch)]
+    return [Prepared(rng.integers(2, size, tokens, dtype=np.int64), t.feat_ids, t.feat_w)
+            for t in (templates[i % len(templates)] for i in range(batch))]
 
 
-def bench_infer(scorer: Scorer, template: Prepared, args: argparse.Namespace,
+def templates(scorer: Scorer) -> list[Prepared]:
+    """The prepared form of 40 real ~4 KB corpus messages (half ham, half spam), interleaved."""
+    picks = [scorer.prepare(raw) for _, raw in harness.sample_messages(40)]
+    return [p for pair in zip(picks[:20], picks[20:], strict=True) for p in pair]
+
+
+def bench_infer(scorer: Scorer, template: list[Prepared], args: argparse.Namespace,
                 label: str) -> list[dict[str, object]]:
     rng = np.random.default_rng(0)
     points = []
@@ -103,7 +112,7 @@ def main() -> int:
                                   "providers": ort.get_available_providers()}
     scorer = Scorer.load(args.model, "cpu", threads=1)
     results["model"] = scorer.version
-    template = scorer.prepare(harness.sample_messages(2)[1][1])
+    template = templates(scorer)
     if not args.no_prepare:
         results["prepare"] = bench_prepare(scorer, args.seconds)
     points = []

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import harness
-from bench.model import synthetic, timed
+from bench.model import synthetic, templates, timed
 from filterd.scorer import Scorer, sha256_file
 
 
@@ -56,7 +56,7 @@ def main() -> int:
         for hidden in args.hidden:
             scorer = Scorer.load(variant(Path(args.model), hidden, Path(tmp) / f"h{hidden}"),
                                  "cpu", threads=1)
-            template = scorer.prepare(harness.sample_messages(2)[1][1])
+            template = templates(scorer)
             for tokens in args.tokens:
                 msgs = synthetic(scorer, template, tokens, args.batch, rng)
                 calls, secs, cpu = timed(lambda msgs=msgs, s=scorer: s.infer(msgs), args.seconds)

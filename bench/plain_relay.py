@@ -1,8 +1,9 @@
 """The baseline for bench/e2e.py: an SMTP relay that does everything filterd does except scoring.
 
 aiosmtpd in, aiosmtplib out, next-hop connections pooled and reused across messages (as
-filterd's relay does: one per message in flight, `relay.pool_size` kept idle per worker), optionally several worker processes
-sharing the listening port with SO_REUSEPORT (as filterd's `workers`). The reply to the final
+filterd's relay does: one per message in flight, `relay.pool_size` kept idle per worker),
+optionally several worker processes sharing the listening port with SO_REUSEPORT (as
+filterd's `workers`). The reply to the final
 dot is the next hop's own, so a message is acknowledged only after the next hop took it.
 
     python bench/plain_relay.py --listen 127.0.0.1:0 --next-hop 127.0.0.1:10026 [--workers 2]
