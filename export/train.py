@@ -157,8 +157,12 @@ def _validate(net: SpamNet, val: list[Batch], labels: np.ndarray,
 def run(args: argparse.Namespace) -> int:
     cfg, mcfg = TrainConfig(), ModelConfig()
     train_pairs, model_pairs = split_overrides(args.overrides)
-    apply_overrides(cfg, train_pairs)
-    apply_overrides(mcfg, model_pairs)
+    try:
+        apply_overrides(cfg, train_pairs)
+        apply_overrides(mcfg, model_pairs)
+    except ValueError as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
     cfg.dry_run = cfg.dry_run or args.dry_run
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -172,6 +176,11 @@ def run(args: argparse.Namespace) -> int:
     parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for s in samples:
         parts[split_of(s.raw, cfg.split_seed, cfg.val_frac, cfg.test_frac)].append(s)
+    for name, part in parts.items():
+        if {s.label for s in part} != {0, 1}:
+            print(f"train: the {name} split holds no ham or no spam ({len(part)} messages): "
+                  "give more mail of both kinds", file=sys.stderr)
+            return 1
     vocab, idf = build_inputs(parts["train"], cfg)
     mcfg.vocab_size = len(vocab)
     prepared = {k: [text.prepare(s.raw, vocab, idf, cfg.max_tokens, cfg.features) for s in v]

@@ -84,3 +84,17 @@ def test_dry_run_trains_one_batch(corpus_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     history = json.loads((tmp_path / "m" / "manifest.json").read_text())["history"]
     assert len(history) == 1
+
+
+def test_too_little_mail_and_unknown_setting_are_clean_errors(tmp_path: Path) -> None:
+    for kind in ("ham", "spam"):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / "1.eml").write_bytes(b"Subject: %s\n\nhello\n" % kind.encode())
+    base = [sys.executable, "-m", "export", "train", "--ham", str(tmp_path / "ham"),
+            "--spam", str(tmp_path / "spam"), "--out", str(tmp_path / "m")]
+    proc = subprocess.run(base, check=False, capture_output=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 1 and b"no ham or no spam" in proc.stderr
+    proc = subprocess.run(base + ["--set", "bogus=1"], check=False, capture_output=True,
+                          cwd=REPO, timeout=300)
+    assert proc.returncode == 2 and b"unknown setting 'bogus=1'" in proc.stderr
+    assert not (tmp_path / "m" / "manifest.json").exists()
