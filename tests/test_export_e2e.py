@@ -76,14 +76,19 @@ def test_parity_check_fails_loudly(tiny_model: Path) -> None:
                              expected + np.float64(1e-3))
 
 
-def test_dry_run_trains_one_batch(corpus_dir: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "export", "train", "--corpus", str(corpus_dir),
-                           "--out", str(tmp_path / "m"), "--dry-run", *TINY[:2], "--set",
-                           "hidden=8", "--set", "embed=8", "--set", "max_tokens=16"],
-                          check=False, capture_output=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    history = json.loads((tmp_path / "m" / "manifest.json").read_text())["history"]
-    assert len(history) == 1
+def test_dry_run_trains_one_batch_deterministically(corpus_dir: Path, tmp_path: Path) -> None:
+    manifests = []
+    for run in ("a", "b"):
+        proc = subprocess.run([sys.executable, "-m", "export", "train", "--corpus",
+                               str(corpus_dir), "--out", str(tmp_path / run), "--dry-run",
+                               *TINY[:2], "--set", "hidden=8", "--set", "embed=8", "--set",
+                               "max_tokens=16"], check=False, capture_output=True, cwd=REPO,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+        manifests.append(json.loads((tmp_path / run / "manifest.json").read_text()))
+    assert len(manifests[0]["history"]) == 1
+    # same seed, same data: the same weights, byte for byte
+    assert manifests[0]["files"] == manifests[1]["files"]
 
 
 def test_too_little_mail_and_unknown_setting_are_clean_errors(tmp_path: Path) -> None:
