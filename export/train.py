@@ -8,6 +8,7 @@ scored at the end for the manifest (never used to choose anything).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -165,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cfg.dry_run = cfg.dry_run or args.dry_run
     torch.manual_seed(cfg.seed)
+    # Same seed and data, same weights (bit for bit on CPU; on CUDA where cuDNN allows).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
     torch.set_num_threads(cfg.threads)
     use_cuda = args.device != "cpu" and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
