@@ -18,8 +18,8 @@ class TrainConfig:
     features: str = "char_wb"     # hashed n-gram scheme (filterd.features.SCHEMES)
     vocab_size: int = 30000
     min_count: int = 2
-    epochs: int = 6
-    patience: int = 2             # epochs without validation improvement before stopping
+    epochs: int = 10
+    patience: int = 3             # epochs without validation improvement before stopping
     batch_size: int = 32
     lr: float = 3e-3              # deep part (embedding, GRU, head), one-cycle
     wide_lr: float = 0.03         # wide part (0.1 and 0.01 were worse on validation)
