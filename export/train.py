@@ -72,16 +72,18 @@ def build_inputs(train: list[Sample], cfg: TrainConfig) -> tuple[Vocab, np.ndarr
 
 
 def loss_fn(out: tuple[torch.Tensor, ...], labels: torch.Tensor, aux: float,
-            ham_weight: float = 1.0) -> torch.Tensor:
+            ham_weight: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
     """Loss of the sum plus each branch's own loss, so neither branch starves the other.
 
     Ham errors weigh ham_weight times more: a flagged ham costs more than a missed spam.
+    Label smoothing moves the targets to smoothing/2 and 1 - smoothing/2.
     """
     logit, logit_rnn, logit_wide = out
     weight = 1.0 + (ham_weight - 1.0) * (1.0 - labels)
+    targets = labels * (1.0 - smoothing) + smoothing / 2
 
     def bce(x: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(x, labels, weight=weight)
+        return F.binary_cross_entropy_with_logits(x, targets, weight=weight)
 
     return bce(logit) + aux * (bce(logit_rnn) + bce(logit_wide))
 
@@ -116,7 +118,7 @@ def fit(cfg: TrainConfig, net: SpamNet, train: list[Batch], val: list[Batch],
         for i in tqdm(order, desc=f"epoch {epoch + 1}", leave=False, file=sys.stderr):
             b = train[i]
             loss = loss_fn(net(*(t.to(device) for t in b[:4])), b.labels.to(device),
-                           cfg.aux_weight, cfg.ham_weight)
+                           cfg.aux_weight, cfg.ham_weight, cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(deep, 1.0)

@@ -53,10 +53,13 @@ _QPOW = _powers(_Q, _MAX_BYTES + 1)
 
 
 def _bucket(h: np.ndarray, salt: np.uint64) -> np.ndarray:
-    """Spread a span hash over the buckets: a multiplicative hash, top BITS bits."""
-    h = (h + salt) * _MIX
+    """Spread span hashes over the buckets: a multiplicative hash, top BITS bits (in place)."""
+    h += salt
+    h *= _MIX
     h ^= h >> np.uint64(29)
-    return ((h * _MIX) >> _SHIFT).astype(np.int64)
+    h *= _MIX
+    h >>= _SHIFT
+    return h.astype(np.int64)
 
 
 def hash_ngrams(data: bytes, scheme: str = "char_wb") -> tuple[np.ndarray, np.ndarray]:
@@ -68,11 +71,13 @@ def hash_ngrams(data: bytes, scheme: str = "char_wb") -> tuple[np.ndarray, np.nd
     wb = scheme == "char_wb"
     gap = _SPACE[a] if wb else ~_WORD[a]            # bytes that separate words
     with np.errstate(over="ignore"):
-        c = a.astype(np.uint64) + np.uint64(1)
+        c = a.astype(np.uint64)
+        c += np.uint64(1)
         if wb:      # every whitespace byte counts as one space: "a\tb" and "a b" share n-grams
             c[gap] = np.uint64(33)
+        c *= _QPOW[:n]
         prefix = np.zeros(n + 1, dtype=np.uint64)
-        np.cumsum(c * _QPOW[:n], out=prefix[1:])
+        np.cumsum(c, out=prefix[1:])
         gaps = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(gap, out=gaps[1:])
         edges = np.diff(np.concatenate(([0], (~gap).view(np.int8), [0])))
@@ -81,13 +86,18 @@ def hash_ngrams(data: bytes, scheme: str = "char_wb") -> tuple[np.ndarray, np.nd
         words = _bucket((prefix[ends] - prefix[starts]) * _PPOW[starts], _SALT_WORD)
         grams = []
         for size in CHAR_NGRAMS:
-            s = np.arange(max(n - size + 1, 0))
+            m = n - size + 1                        # n-grams start at 0 .. m-1
+            if m <= 0:
+                continue
             if wb:      # no gap strictly inside; one at either end marks the word boundary
-                s = s[gaps[s + size - 1] == gaps[s + 1]]
+                keep = gaps[size - 1: size - 1 + m] == gaps[1: 1 + m]
             else:       # entirely inside one word
-                s = s[gaps[s + size] == gaps[s]]
-            grams.append(_bucket((prefix[s + size] - prefix[s]) * _PPOW[s], np.uint64(size)))
-    return words, np.concatenate(grams)
+                keep = gaps[size: size + m] == gaps[:m]
+            # contiguous slices, then keep: cheaper than gathering by index
+            h = prefix[size: size + m] - prefix[:m]
+            h *= _PPOW[:m]
+            grams.append(_bucket(h[keep], np.uint64(size)))
+    return words, np.concatenate(grams) if grams else np.zeros(0, np.int64)
 
 
 def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
