@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures.postfix import MODEL, REPO, free_port, require_model
+from tests.fixtures.lifecycle import REPO, copy_model, flip_a_byte, require_model, shipped_model
+from tests.fixtures.smtp import free_port
 
 
 def serve(tmp_path: Path, model: Path) -> subprocess.CompletedProcess[str]:
@@ -28,9 +28,7 @@ def serve(tmp_path: Path, model: Path) -> subprocess.CompletedProcess[str]:
 
 def copy_of_model(tmp_path: Path) -> Path:
     require_model()
-    target = tmp_path / "model"
-    shutil.copytree(MODEL, target)
-    return target
+    return copy_model(shipped_model(), tmp_path / "model")
 
 
 def test_missing_model_directory(tmp_path: Path) -> None:
@@ -46,9 +44,7 @@ def truncate_onnx(model: Path) -> str:
 
 
 def flip_a_byte_in_onnx(model: Path) -> str:
-    data = bytearray((model / "model.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (model / "model.onnx").write_bytes(bytes(data))
+    flip_a_byte(model / "model.onnx")
     return "model.onnx"
 
 

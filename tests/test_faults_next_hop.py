@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures.postfix import Daemon, free_port, our_headers_then, smtp_send
+from tests.fixtures.postfix import Daemon, our_headers_then, smtp_send
 from tests.fixtures.smtp import Sink as NextHop
+from tests.fixtures.smtp import free_port
 
 pytestmark = [pytest.mark.slow]
 

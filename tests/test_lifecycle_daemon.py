@@ -31,16 +31,16 @@ from tests.fixtures.lifecycle import (
     message,
     send,
     shipped_model,
-    wait_until,
 )
-from tests.fixtures.postfix import Sink
+from tests.fixtures.smtp import Sink, wait_until
+from tests.fixtures.smtp import greeting as greets
 
 pytestmark = [pytest.mark.slow]   # each test starts filterd and loads the model
 
 
 @pytest.fixture
 def recorder() -> Iterator[Sink]:
-    """The next hop: a recording aiosmtpd server (the Postfix fixtures' Sink)."""
+    """The next hop: the recording aiosmtpd sink of tests/fixtures/smtp.py."""
     sink = Sink().start()
     yield sink
     sink.stop()
@@ -66,11 +66,6 @@ def make(tmp_path: Path, recorder: Sink, daemons: list[Daemon]) -> Callable[...,
         return daemon
 
     return make
-
-
-def greets(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        return conn.recv(512)
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.postfix import Delivered, MailPath, assert_intact, corpus_messages, swaks
+from tests.fixtures.postfix import MailPath, assert_intact, corpus_messages, swaks
+from tests.fixtures.smtp import Received
 
 pytestmark = [pytest.mark.postfix, pytest.mark.corpus, pytest.mark.slow]
 
@@ -30,7 +31,7 @@ def samples(corpus_dir: Path) -> dict[str, list[bytes]]:
     return {kind: corpus_messages(corpus_dir, kind, COUNT) for kind in ("ham", "spam")}
 
 
-def verdict(got: Delivered) -> tuple[bool, float, float]:
+def verdict(got: Received) -> tuple[bool, float, float]:
     """(flagged, score, tag threshold) from our headers, checking they agree with each other."""
     flag, score, status = (got.header(h) for h in ("X-Spam-Flag", "X-Spam-Score", "X-Spam-Status"))
     assert flag in ("YES", "NO"), got.content[:600]

@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.postfix import (
-    MODEL,
-    MailPath,
-    assert_intact,
-    corpus_messages,
-    swaks,
-    wait_until,
-)
+from tests.fixtures.lifecycle import shipped_model
+from tests.fixtures.postfix import MailPath, assert_intact, corpus_messages, swaks
+from tests.fixtures.smtp import wait_until
 
 pytestmark = [pytest.mark.postfix, pytest.mark.corpus, pytest.mark.slow]
 
@@ -101,7 +96,7 @@ def test_reject_at_the_manifest_threshold(before: MailPath, ham: list[bytes],
     from filterd.scorer import Scorer
 
     assert before.filterd is not None
-    scorer = Scorer.load(MODEL, device="cpu")
+    scorer = Scorer.load(shipped_model(), device="cpu")
     before.sink.clear()
     before.filterd.restart(policy={"reject_at": "manifest"})
     passed = []
