@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 pytest_plugins = [
     "tests.fixtures.smtp",
+    "tests.fixtures.daemon",
     "tests.fixtures.postfix",
 ]
 

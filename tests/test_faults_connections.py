@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from tests.fixtures.postfix import Daemon, RawSession, our_headers_then, smtp_send
+from tests.fixtures.clients import RawSession, our_headers_then, smtp_send
+from tests.fixtures.daemon import Daemon
 
 pytestmark = [pytest.mark.slow]
 
@@ -34,7 +35,7 @@ def test_stalled_client_is_dropped_and_frees_its_slot(daemon_factory, stall: str
     assert smtp_send(daemon.port, MESSAGE).code == 250  # the slot is free again
     (got,) = daemon.next_hop.wait_for(1)
     our_headers_then(MESSAGE, got.data)  # the half message was never relayed
-    assert "Traceback" not in daemon.serve.log(), daemon.serve.log()[-3000:]
+    assert "Traceback" not in daemon.log(), daemon.log()[-3000:]
 
 
 def test_five_hundred_connections_at_once(daemon_factory) -> None:
@@ -49,9 +50,9 @@ def test_five_hundred_connections_at_once(daemon_factory) -> None:
             sock.close()
     assert greetings.count(b"220") == limit, {g: greetings.count(g) for g in set(greetings)}
     assert greetings.count(b"421") == 500 - limit
-    assert daemon.healthy(), daemon.serve.log()[-3000:]
+    assert daemon.healthy(), daemon.log()[-3000:]
     outcome = smtp_send(daemon.port, MESSAGE)  # the slots were all given back
     assert outcome.code == 250, outcome
     (got,) = daemon.next_hop.wait_for(1)
     our_headers_then(MESSAGE, got.data)
-    assert "Traceback" not in daemon.serve.log(), daemon.serve.log()[-3000:]
+    assert "Traceback" not in daemon.log(), daemon.log()[-3000:]

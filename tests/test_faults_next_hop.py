@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures.postfix import Daemon, our_headers_then, smtp_send
+from tests.fixtures.clients import our_headers_then, smtp_send
+from tests.fixtures.daemon import Daemon
 from tests.fixtures.smtp import Sink as NextHop
 from tests.fixtures.smtp import free_port
 
@@ -33,14 +34,14 @@ def hop(daemon: Daemon) -> Iterator[NextHop]:
     daemon.next_hop.behave()
     yield daemon.next_hop
     daemon.next_hop.behave()
-    assert daemon.healthy(), daemon.serve.log()[-3000:]
-    assert "Traceback" not in daemon.serve.log(), daemon.serve.log()[-3000:]
+    assert daemon.healthy(), daemon.log()[-3000:]
+    assert "Traceback" not in daemon.log(), daemon.log()[-3000:]
 
 
 def assert_tempfail_then_delivered(daemon: Daemon, hop: NextHop) -> None:
     outcome = smtp_send(daemon.port, MESSAGE)
     assert 400 <= outcome.code < 500, outcome  # the MTA keeps the message and retries
-    assert daemon.healthy(), daemon.serve.log()[-3000:]
+    assert daemon.healthy(), daemon.log()[-3000:]
     hop.behave()
     hop.received.clear()
     retry = smtp_send(daemon.port, MESSAGE)
@@ -55,7 +56,7 @@ def test_next_hop_refusing_connections(daemon_factory) -> None:
     outcome = smtp_send(lonely.port, MESSAGE)
     assert outcome.code == 451, outcome
     assert outcome.text.startswith("4.4."), outcome
-    assert lonely.healthy(), lonely.serve.log()[-3000:]
+    assert lonely.healthy(), lonely.log()[-3000:]
     assert lonely.next_hop.received == []
 
 
@@ -98,4 +99,4 @@ def test_next_hop_that_never_greets(daemon_factory) -> None:
                               timeouts={"next_hop_connect": 2, "next_hop": 4})
         outcome = smtp_send(mute.port, MESSAGE)
         assert outcome.code == 451, outcome
-        assert mute.healthy(), mute.serve.log()[-3000:]
+        assert mute.healthy(), mute.log()[-3000:]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.postfix import Daemon, Outcome, RawSession, our_headers_then, smtp_send
+from tests.fixtures.clients import Outcome, RawSession, our_headers_then, smtp_send
+from tests.fixtures.daemon import Daemon
 from tests.fixtures.smtp import Sink as NextHop
 
 pytestmark = [pytest.mark.slow]
@@ -62,8 +63,8 @@ def hop(daemon: Daemon) -> Iterator[NextHop]:
     daemon.next_hop.received.clear()
     daemon.next_hop.behave()
     yield daemon.next_hop
-    assert daemon.healthy(), daemon.serve.log()[-3000:]
-    assert "Traceback" not in daemon.serve.log(), daemon.serve.log()[-3000:]
+    assert daemon.healthy(), daemon.log()[-3000:]
+    assert "Traceback" not in daemon.log(), daemon.log()[-3000:]
 
 
 def accepted_intact(daemon: Daemon, hop: NextHop, message: bytes, **kwargs) -> bytes:

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fixtures.daemon import Daemon
 from tests.fixtures.lifecycle import (
-    Daemon,
     Flow,
     NotifyListener,
     copy_model,
