@@ -33,6 +33,7 @@ from export.retrain import (
     reload_filterd,
 )
 from filterd.scorer import Scorer, read_manifest
+from tests.fixtures.smtp import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 HOLDOUT = 0.25
@@ -128,11 +129,8 @@ def hup_recorder(record: Path) -> Iterator[int]:
 
 def hups(record: Path) -> str:
     """What the recorder wrote, once it wrote anything: signals are handled asynchronously."""
-    for _ in range(1000):
-        if record.exists() and record.read_text():
-            break
-        threading.Event().wait(0.01)
-    return record.read_text()
+    return wait_until(lambda: record.exists() and record.read_text(), 10, "the recorder to write",
+                      interval=0.01)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.smtp import wait_until
+
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD = Path("/lib/systemd/systemd")
 PYTHON = Path("/usr/bin/python3")
@@ -264,10 +266,8 @@ def test_reload_and_stop(booted: Booted) -> None:
     booted.run("systemctl start filterd.service")
     pid = booted.show("filterd", "MainPID")["MainPID"]
     booted.run("systemctl reload filterd.service")
-    for _ in range(300):
-        if "reloaded: model" in booted.journal("filterd"):
-            break
-        time.sleep(0.1)
+    wait_until(lambda: "reloaded: model" in booted.journal("filterd"), 60, "the reload in the journal",
+               interval=0.1)
     assert "reloaded: model" in booted.journal("filterd")
     assert booted.show("filterd", "MainPID")["MainPID"] == pid  # same process: no restart
     metrics = booted.run(
@@ -299,10 +299,8 @@ def test_retrain_service_installs_and_reloads(booted: Booted, corpus_dir: Path) 
     assert record["installed"] is True
     link = booted.run("readlink /var/lib/filterd/model").stdout.strip()
     assert link == f"model.versions/{record['candidate']['version']}"
-    for _ in range(300):
-        if f"reloaded: model {record['candidate']['version']}" in booted.journal("filterd"):
-            break
-        time.sleep(0.1)
+    wait_until(lambda: f"reloaded: model {record['candidate']['version']}" in booted.journal("filterd"),
+               60, "the new model's reload in the journal", interval=0.1)
     assert f"reloaded: model {record['candidate']['version']}" in booted.journal("filterd")
     assert swaks_ok(booted)
 
