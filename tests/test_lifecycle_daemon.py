@@ -22,16 +22,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fixtures.clients import Flow, message, send
 from tests.fixtures.daemon import Daemon
-from tests.fixtures.lifecycle import (
-    Flow,
-    NotifyListener,
-    copy_model,
-    corrupt_model,
-    message,
-    send,
-    shipped_model,
-)
+from tests.fixtures.lifecycle import NotifyListener, copy_model, corrupt_model, shipped_model
 from tests.fixtures.smtp import Sink, wait_until
 from tests.fixtures.smtp import greeting as greets
 
