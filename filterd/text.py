@@ -49,13 +49,16 @@ _HIDDEN_CLOSE = {"script": re.compile(r"</script\s*>", re.I),
 _HTML_TAG = re.compile(r"<[^>]{0,2000}>")   # bounded: at most 2000 characters per "<"
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+# The lookahead lists every character a token can start with (the CJK ranges too: U+30FB
+# is CJK but not \w), so the scanner skips other positions without trying each alternative.
 _TOKEN = re.compile(
+    rf"(?=[\w.+\-!$%?\u20ac\u00a3{_CJK}])(?:"
     r"(?P<url>(?:https?://|www\.)[^\s<>\"')]+)"
     r"|(?P<email>[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8})"   # bounded: no rescans
     r"|(?P<num>\d+(?:[.,]\d+)*)"
     rf"|(?P<cjk>[{_CJK}])"
     rf"|(?P<word>[^\W\d_{_CJK}]+)"
-    r"|(?P<punct>[!$%?\u20ac\u00a3])"
+    r"|(?P<punct>[!$%?\u20ac\u00a3]))"
 )
 _MAX_WORD = 20
 _CHARS_PER_TOKEN = 64       # text looked at per token wanted
