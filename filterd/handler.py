@@ -308,6 +308,6 @@ class Record:
             "%s client=%s from=<%s> rcpts=%d size=%d score=%s action=%s scoring_ms=%.1f "
             "relay_ms=%.1f reply=%r",
             session.id, session.client, envelope.mail_from, len(envelope.rcpt_tos),
-            len(envelope.content or b""), "-" if self.score is None else f"{self.score:.3f}",
+            len(envelope.content or b""), "-" if self.score is None else headers.format_score(self.score),
             self.action, self.scoring_s * 1000, self.relay_s * 1000, reply.split("\r\n")[-1],
         )

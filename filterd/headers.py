@@ -39,8 +39,16 @@ class Verdict:
         return self.status == "Yes"
 
 
+def format_score(value: float) -> str:
+    """At least 3 decimals, up to 6: calibrated thresholds sit close to 1 (tag 0.998, reject
+    0.99995), and a score must not print as 1.000 when it is below a threshold shown as 1.000."""
+    text = f"{value:.6f}".rstrip("0")
+    decimals = len(text.partition(".")[2])
+    return text + "0" * max(0, 3 - decimals)
+
+
 def _fmt(value: float | None) -> str:
-    return "none" if value is None else f"{value:.3f}"
+    return "none" if value is None else format_score(value)
 
 
 def render(verdict: Verdict) -> bytes:
@@ -51,9 +59,10 @@ def render(verdict: Verdict) -> bytes:
         lines.append(f"X-Spam-Status: {verdict.status}\r\n".encode("ascii"))
     else:
         model = _UNSAFE.sub("_", verdict.model) or "unknown"
-        lines.append(f"X-Spam-Score: {verdict.score:.3f}\r\n".encode("ascii"))
+        score = format_score(verdict.score)
+        lines.append(f"X-Spam-Score: {score}\r\n".encode("ascii"))
         lines.append(
-            f"X-Spam-Status: {verdict.status}, score={verdict.score:.3f} "
+            f"X-Spam-Status: {verdict.status}, score={score} "
             f"tag={_fmt(verdict.tag)} reject={_fmt(verdict.reject)} model={model}\r\n"
             .encode("ascii")
         )

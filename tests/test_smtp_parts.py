@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import smtplib
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from filterd.batcher import Batcher
-from filterd.headers import Verdict, header_end, render, tag
+from filterd.headers import Verdict, format_score, header_end, render, tag
 from filterd.relay import stuff
 from tests.test_smtp_proxy import ours_and_rest
 
@@ -31,11 +32,19 @@ def test_header_end(message: bytes, expected: int) -> None:
 
 
 def test_render_formats_scores_and_thresholds() -> None:
-    assert render(SPAMMY) == (b"X-Spam-Flag: YES\r\nX-Spam-Score: 0.973\r\n"
-                              b"X-Spam-Status: Yes, score=0.973 tag=0.400 reject=0.950 model=m-1\r\n")
+    assert render(SPAMMY) == (b"X-Spam-Flag: YES\r\nX-Spam-Score: 0.9731\r\n"
+                              b"X-Spam-Status: Yes, score=0.9731 tag=0.400 reject=0.950 model=m-1\r\n")
     assert render(Verdict("No", 0.1, 0.4, None, "a b")).endswith(
         b"score=0.100 tag=0.400 reject=none model=a_b\r\n")
     assert render(Verdict("Skipped")) == b"X-Spam-Flag: NO\r\nX-Spam-Status: Skipped\r\n"
+
+
+@pytest.mark.parametrize(("score", "text"), [
+    (0.973, "0.973"), (0.1, "0.100"), (0.0, "0.000"), (1.0, "1.000"),
+    (0.99995, "0.99995"), (0.9999996, "1.000"), (0.12345678, "0.123457"),
+])
+def test_format_score_keeps_what_tells_a_score_from_a_threshold(score: float, text: str) -> None:
+    assert format_score(score) == text
 
 
 def test_tag_renames_only_header_fields_of_the_header_section() -> None:
@@ -133,8 +142,9 @@ def test_one_info_line_and_metrics_per_message(filterd: Any, sink: Any, caplog: 
     assert len(lines) == 1
     line = lines[0]
     for part in ("client=127.0.0.1", "from=<alice@example.org>", "rcpts=2", "size=22",
-                 "score=0.", "scoring_ms=", "relay_ms=", "reply='250 2.0.0 Ok: queued as SINK1'"):
+                 "scoring_ms=", "relay_ms=", "reply='250 2.0.0 Ok: queued as SINK1'"):
         assert part in line, line
+    assert re.search(r" score=(0\.\d{3,6}|1\.000) ", line), line  # whatever the model thinks of it
     action = "ham" if "action=ham" in line else "tagged"
     assert f"action={action}" in line
     assert counted("filterd_messages_total", action=action) == before[action] + 1
