@@ -26,6 +26,11 @@ class TrainConfig:
     aux_weight: float = 1.0       # weight of each branch's own loss beside the sum's
     ham_weight: float = 1.0       # loss weight of ham relative to spam
     label_smoothing: float = 0.02 # targets eps/2 and 1 - eps/2: better low-FPR recall on validation
+    wide_label_smoothing: float = 0.02  # the wide branch's own loss
+    wide_drop: float = 0.0        # fraction of each batch whose sum leaves the wide logit out
+    wide_first: int = 0           # >0: train the wide branch alone this many epochs, then freeze it
+    wide_runs: int = 1            # with wide_first: orders averaged into the wide weights
+    average: int = 1              # deep weights kept: mean of the best epoch and the ones before
     threads: int = 2
     dry_run: bool = False         # one batch of training, for smoke tests
 
