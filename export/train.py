@@ -180,8 +180,8 @@ def fit_wide(cfg: TrainConfig, net: SpamNet, train: list[Batch], device: torch.d
                 opt.step()
         weights.append((w.detach(), b.detach()))
     with torch.no_grad():
-        net.wide.copy_(sum(w for w, _ in weights) / len(weights))
-        net.wide_bias.copy_(sum(b for _, b in weights) / len(weights))
+        net.wide.copy_(torch.stack([w for w, _ in weights]).mean(dim=0))
+        net.wide_bias.copy_(torch.stack([b for _, b in weights]).mean(dim=0))
 
 
 def _branch(net: SpamNet, deep: bool) -> dict[str, torch.Tensor]:
@@ -192,7 +192,7 @@ def _branch(net: SpamNet, deep: bool) -> dict[str, torch.Tensor]:
 
 def _average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Checkpoint averaging: the mean of the deep weights of the last few epochs."""
-    return {k: sum(st[k] for st in states) / len(states) for k in states[0]}
+    return {k: torch.stack([st[k] for st in states]).mean(dim=0) for k in states[0]}
 
 
 def _validate(net: SpamNet, val: list[Batch], labels: np.ndarray,
