@@ -52,10 +52,12 @@ def report(scorer: Scorer, samples: list[Sample]) -> dict[str, object]:
     logits = scorer.infer_logits([scorer.prepare(s.raw) for s in samples])
     scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80)))
     whole = scores[:, 0]
-    out: dict[str, object] = dict(metrics.summary(labels, whole))
+    # Ranks come from the logits: probabilities round to exactly 1.0 past a logit of about
+    # 37 and would tie there.
+    out: dict[str, object] = dict(metrics.summary(labels, logits[:, 0]))
     out["at_tag"] = metrics.at_threshold(labels, whole, scorer.thresholds.tag)
     out["at_reject"] = metrics.at_threshold(labels, whole, scorer.thresholds.reject)
-    out["parts"] = {name: metrics.summary(labels, scores[:, col])
+    out["parts"] = {name: metrics.summary(labels, logits[:, col])
                     for col, name in ((1, "rnn"), (2, "wide"))}
     out["model"] = scorer.version
     return out

@@ -48,7 +48,10 @@ def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> di
 
 
 def summary(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """AUC and spam recall at <= 0.2 % ham flagged (the issue's headline pair)."""
+    """AUC and spam recall at <= 0.2 % ham flagged (the issue's headline pair).
+
+    Both depend only on the order of the scores: pass logits where there are any.
+    """
     labels = np.asarray(labels).astype(bool)
     t = threshold_at_fpr(np.asarray(scores)[~labels], 0.002)
     point = at_threshold(labels, scores, t)

@@ -29,3 +29,12 @@ def test_calibrate_and_confusion_counts() -> None:
     tag = metrics.at_threshold(labels, scores, cal["tag"])
     assert tag["fp"] <= 5 and tag["tp"] == 10 and tag["spam_recall"] == 1.0
     assert metrics.at_threshold(labels, scores, cal["reject"])["fp"] <= 1
+
+
+def test_summary_ranks_logits_that_probabilities_would_tie() -> None:
+    # Past a logit of about 37 float64 sigmoid is exactly 1.0: the ham at 40 and the spam
+    # at 50 would tie there, but the logits keep them apart.
+    labels = np.array([0, 0, 1, 1])
+    logits = np.array([-3.0, 40.0, 50.0, 60.0])
+    assert 1.0 / (1.0 + np.exp(-40.0)) == 1.0 / (1.0 + np.exp(-50.0))
+    assert metrics.summary(labels, logits)["auc"] == 1.0
