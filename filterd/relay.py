@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import aiosmtplib
 
 from filterd import metrics, replies
+from filterd.config import split_hostport
 from filterd.smtpd import greeting_name
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,6 @@ class RelayResult:
         return self.reply.startswith("2")
 
 
-def parse_hostport(value: Any) -> tuple[str, int]:
-    """"host:port" or "[v6]:port" (or an already split pair) → (host, port)."""
-    if isinstance(value, (tuple, list)):
-        return str(value[0]), int(value[1])
-    host, _, port = str(value).rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _printable(text: str) -> str:
     return "".join(c if " " <= c <= "~" or c == "\n" else "?" for c in text)
 
@@ -82,7 +75,7 @@ class Relay:
     """Pooled aiosmtplib connections to `config.next_hop`."""
 
     def __init__(self, config: Any) -> None:
-        self.host, self.port = parse_hostport(config.next_hop)
+        self.host, self.port = split_hostport(config.next_hop)
         self.connect_timeout = float(config.timeouts.next_hop_connect)
         self.timeout = float(config.timeouts.next_hop)
         self.pool_size = int(config.relay.pool_size)
