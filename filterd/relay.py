@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import aiosmtplib
@@ -42,22 +41,9 @@ class Reply(NamedTuple):
     text: str
 
     def __str__(self) -> str:
-        lines = _printable(self.text).split("\n") or [""]
+        lines = _printable(self.text).split("\n")
         head = [f"{self.code}-{line}" for line in lines[:-1]]
         return "\r\n".join([*head, f"{self.code} {lines[-1]}"])
-
-
-@dataclass
-class RelayResult:
-    """The outcome of one whole relay (`Relay.send`)."""
-
-    reply: str                                  # what to answer the client's final dot
-    accepted: list[str] = field(default_factory=list)
-    rcpt_replies: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.reply.startswith("2")
 
 
 def _printable(text: str) -> str:
@@ -93,24 +79,6 @@ class Relay:
     async def open(self, xforward: dict[str, str] | None = None) -> Transaction:
         """A transaction on a pooled (or fresh) connection; never raises, failures become replies."""
         return Transaction(self, xforward or {})
-
-    async def send(self, envelope: Any, data: bytes) -> RelayResult:
-        """Relay a whole message at once (mail_from, rcpt_tos, mail_options of `envelope`)."""
-        txn = await self.open(getattr(envelope, "xforward", None))
-        reply = await txn.mail(envelope.mail_from, list(envelope.mail_options))
-        if not reply.startswith("2"):
-            return RelayResult(reply)
-        result = RelayResult(reply)
-        for rcpt in envelope.rcpt_tos:
-            result.rcpt_replies[rcpt] = await txn.rcpt(rcpt, [])
-            if result.rcpt_replies[rcpt].startswith("2"):
-                result.accepted.append(rcpt)
-        if not result.accepted:
-            await txn.abort()
-            result.reply = next(iter(result.rcpt_replies.values()), replies.S451_INTERNAL_ERROR)
-            return result
-        result.reply = await txn.data(data)
-        return result
 
     # The pool. LIFO so that the busiest connections stay warm and idle ones age out.
 
@@ -148,7 +116,6 @@ class Transaction:
         self.xforward = xforward
         self.smtp: aiosmtplib.SMTP | None = None
         self.failed: str | None = None
-        self.last_reply = ""
         self._stale_ok = False   # a pooled connection may have been closed by the next hop
 
     async def mail(self, sender: str, params: list[str]) -> str:
@@ -282,9 +249,7 @@ class Transaction:
             metrics.NEXT_HOP_ERRORS.labels("tempfail").inc()
         elif response.code >= 500:
             metrics.NEXT_HOP_ERRORS.labels("permfail").inc()
-        reply = str(Reply(response.code, response.message))
-        self.last_reply = reply
-        return reply
+        return str(Reply(response.code, response.message))
 
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
