@@ -143,7 +143,7 @@ class FilterHandler:
 
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
                           responses: list[str]) -> list[str]:
-        await self._abort(session)   # EHLO resets a transaction (RFC 5321 4.1.4)
+        await self.abort(session)   # EHLO resets a transaction (RFC 5321 4.1.4)
         session.host_name = hostname
         extra = list(_EHLO_EXTRA)
         if _in(session.peer, self.trusted):
@@ -151,20 +151,20 @@ class FilterHandler:
         return [*responses[:-1], *extra, responses[-1]]
 
     async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> Any:
-        await self._abort(session)
+        await self.abort(session)
         return MISSING
 
     async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
-        await self._abort(session)
+        await self.abort(session)
         return replies.S250_RESET_OK
 
     async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> Any:
-        await self._abort(session)
+        await self.abort(session)
         return MISSING
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
                           mail_options: list[str]) -> str:
-        await self._abort(session)
+        await self.abort(session)
         state = self.state
         txn = await self.relay.open(session.xforward)
         session.client = session.xforward.get("ADDR") or session.peer[0]
@@ -275,9 +275,6 @@ class FilterHandler:
 
     async def abort(self, session: Any) -> None:
         """End the session's transaction, if any: RSET the next hop and pool the connection."""
-        await self._abort(session)
-
-    async def _abort(self, session: Any) -> None:
         if session.txn is not None:
             txn = session.txn
             self._end(session)
