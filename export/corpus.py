@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import mailbox
+import os
 import re
 import sys
 import tarfile
@@ -107,19 +108,17 @@ def iter_path(path: str | Path, label: int, stats: ReadStats | None = None) -> I
     if path.is_file() and ".tar" in path.name:
         yield from _iter_tarball(path, label, stats)
     elif path.is_file() and _looks_like_mbox(path):
+        # One message at a time, as stored (get_bytes, not a re-serialised Message).
         box = mailbox.mbox(path, create=False)
         try:
-            raws = [message.as_bytes() for message in box]
+            for i, key in enumerate(box.iterkeys()):
+                yield from _emit(box.get_bytes(key), label, f"{path}#{i}", str(path), stats)
         finally:
             box.close()
-        for i, raw in enumerate(raws):
-            yield from _emit(raw, label, f"{path}#{i}", str(path), stats)
     elif path.is_file():
         yield from _emit(path.read_bytes()[: MAX_MESSAGE + 1], label, str(path), str(path), stats)
     elif path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            if file.name in _SKIP or file.name.startswith("."):
-                continue
+        for file in _message_files(path):
             if _looks_like_mbox(file):
                 yield from iter_path(file, label, stats)
                 continue
@@ -129,8 +128,22 @@ def iter_path(path: str | Path, label: int, stats: ReadStats | None = None) -> I
         raise FileNotFoundError(f"{path}: no such file or folder")
 
 
+def _message_files(root: Path) -> list[Path]:
+    """Files below root, sorted. Not in hidden folders: Maildir++ subfolders (.Junk, .Sent)
+    are mailboxes of their own, with their own label. Not in a Maildir's tmp/: deliveries
+    in progress."""
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        maildir = (here / "cur").is_dir() and (here / "new").is_dir()
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not (maildir and d == "tmp")]
+        files += [here / name for name in filenames if name not in _SKIP and not name.startswith(".")]
+    return sorted(files)
+
+
 def _looks_like_mbox(path: Path) -> bool:
-    """An mbox starts with a `From ` line and holds more than one of them."""
+    """An mbox starts with a `From ` line and holds more than one of them (a single message
+    with an envelope line, as in the SpamAssassin corpus, is read as one file)."""
     with path.open("rb") as f:
         head = f.read(1 << 16)
     return head.startswith(b"From ") and head.count(b"\nFrom ") >= 1

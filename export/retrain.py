@@ -78,17 +78,10 @@ def read_mail(config: Config, stats: ReadStats) -> list[Sample]:
     samples: list[Sample] = []
     for label, paths in ((0, config.retrain.ham), (1, config.retrain.spam)):
         for path in paths:
-            for folder in mailbox_parts(Path(path)):
-                samples += iter_path(folder, label, stats)
+            # A Maildir path means its own cur/ and new/ (iter_path skips tmp/ and the
+            # Maildir++ subfolders, which are mailboxes of their own).
+            samples += iter_path(Path(path), label, stats)
     return samples
-
-
-def mailbox_parts(path: Path) -> list[Path]:
-    """A Maildir's messages are in cur/ and new/ only: not tmp/ (deliveries in progress),
-    nor its Maildir++ subfolders (.Junk, .Sent, ...), which are mailboxes of their own."""
-    if (path / "cur").is_dir() and (path / "new").is_dir():
-        return [path / "cur", path / "new"]
-    return [path]
 
 
 def write_folders(samples: list[Sample], root: Path) -> None:

@@ -23,12 +23,12 @@ import pytest
 import yaml
 
 from export import install
+from export.corpus import iter_path
 from export.retrain import (
     Figures,
     Rule,
     decide,
     holdout_of,
-    mailbox_parts,
     main_pid,
     reload_filterd,
 )
@@ -365,7 +365,11 @@ def test_failed_swap_leaves_the_live_model(
 
 def test_a_maildir_is_its_own_messages_only(tmp_path: Path) -> None:
     inbox = maildir(tmp_path / "Maildir", [b"Subject: a\n\nx\n"])
+    (inbox / "new" / "1.retrain-test").write_bytes(b"Subject: n\n\nw\n")
+    (inbox / "tmp" / "2.retrain-test").write_bytes(b"Subject: t\n\nbeing delivered\n")
     maildir(inbox / ".Junk", [b"Subject: b\n\ny\n"])  # a Maildir++ subfolder: another mailbox
-    assert mailbox_parts(inbox) == [inbox / "cur", inbox / "new"]
-    assert mailbox_parts(inbox / ".Junk") == [inbox / ".Junk" / "cur", inbox / ".Junk" / "new"]
-    assert mailbox_parts(tmp_path / "an.mbox") == [tmp_path / "an.mbox"]
+    (tmp_path / "an.mbox").write_bytes(b"From a@example.org Thu Nov 26 12:00:00 2026\nSubject: m\n\nz\n"
+                                       b"From b@example.org Thu Nov 26 12:00:01 2026\nSubject: o\n\nv\n")
+    assert [s.raw for s in iter_path(inbox, 0)] == [b"Subject: a\n\nx\n", b"Subject: n\n\nw\n"]
+    assert [s.raw for s in iter_path(inbox / ".Junk", 1)] == [b"Subject: b\n\ny\n"]
+    assert [s.raw for s in iter_path(tmp_path / "an.mbox", 1)] == [b"Subject: m\n\nz\n", b"Subject: o\n\nv\n"]
