@@ -18,7 +18,7 @@ import logging
 import signal
 import socket
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from typing import Any
@@ -220,9 +220,13 @@ class Daemon:
         if self.handler is None:
             log.warning("SIGHUP ignored: still starting")
         elif not self.stopping.is_set():
-            task = asyncio.get_running_loop().create_task(self.reload())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._task(self.reload())
+
+    def _task(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task that _drain() cancels if it is still running at the end."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- reload --------------------------------------------------------------------------
 
@@ -245,9 +249,7 @@ class Daemon:
             self.config, self.batcher = config, batcher
             logsetup.set_level(config.log.level)
             self.report("reloaded", f"{scorer.version}\t{scorer.provider}")
-            task = asyncio.get_running_loop().create_task(self._retire(old, in_flight))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._task(self._retire(old, in_flight))
 
     def _transactions(self) -> dict[Any, Any]:
         return {s: s.envelope for s in self.sessions if is_open(s) and in_transaction(s)}
