@@ -105,6 +105,12 @@ def split_hostport(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def format_address(sockname: tuple) -> str:
+    """A socket address as "host:port" or "[v6]:port", the form split_hostport reads."""
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _hostport(min_port: int) -> Check:
     def check(value: Any, key: str) -> str:
         if not isinstance(value, str):

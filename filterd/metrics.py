@@ -50,7 +50,7 @@ def serve(address: str | None, registry: CollectorRegistry = REGISTRY) -> Callab
     """
     if address is None:
         return lambda: None
-    from filterd.config import split_hostport
+    from filterd.config import format_address, split_hostport
 
     host, port = split_hostport(address)
     try:
@@ -58,8 +58,7 @@ def serve(address: str | None, registry: CollectorRegistry = REGISTRY) -> Callab
     except OSError as exc:
         log.error("metrics endpoint off: cannot listen on %s: %s", address, exc)
         return lambda: None
-    bound, port = str(server.server_address[0]), int(server.server_address[1])
-    log.info("metrics on http://%s:%d/metrics", f"[{bound}]" if ":" in bound else bound, port)
+    log.info("metrics on http://%s/metrics", format_address(server.server_address))
 
     def stop() -> None:
         server.shutdown()

@@ -26,7 +26,14 @@ from typing import Any
 from filterd import log as logsetup
 from filterd import metrics, replies
 from filterd.batcher import Batcher
-from filterd.config import Config, describe, load_config, load_scorer, split_hostport
+from filterd.config import (
+    Config,
+    describe,
+    format_address,
+    load_config,
+    load_scorer,
+    split_hostport,
+)
 from filterd.errors import ConfigError
 from filterd.handler import FilterHandler, smtp_factory
 from filterd.notify import Notifier
@@ -56,11 +63,6 @@ def pin_restart_keys(old: Config, new: Config) -> tuple[Config, list[str]]:
     pinned = dataclasses.replace(new, listen=old.listen, workers=old.workers, metrics=old.metrics,
                                  next_hop=old.next_hop, relay=old.relay, timeouts=timeouts)
     return pinned, notes
-
-
-def format_address(sockname: tuple) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def in_transaction(session: Any) -> bool:

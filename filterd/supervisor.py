@@ -33,10 +33,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, multiprocess
 
 from filterd import metrics
-from filterd.config import Config, load_config, split_hostport
+from filterd.config import Config, format_address, load_config, split_hostport
 from filterd.errors import ConfigError
 from filterd.notify import Notifier
-from filterd.server import Daemon, format_address, pin_restart_keys
+from filterd.server import Daemon, pin_restart_keys
 
 log = logging.getLogger(__name__)
 

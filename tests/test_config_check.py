@@ -17,9 +17,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from filterd.config import Config, load_config, split_hostport
+from filterd.config import Config, format_address, load_config, split_hostport
 from filterd.errors import ConfigError
-from filterd.server import format_address
 from tests.fixtures.lifecycle import REPO, copy_model, corrupt_model, shipped_model
 
 # (class of mistake, YAML, the key path the message must name)
