@@ -54,14 +54,21 @@ def _get(config: Config, key: str) -> Any:
     return value
 
 
+def _set(config: Any, key: str, value: Any) -> Any:
+    """`config` with the dotted `key` set to `value` (frozen dataclasses: copied along the path)."""
+    head, _, rest = key.partition(".")
+    if rest:
+        value = _set(getattr(config, head), rest, value)
+    return dataclasses.replace(config, **{head: value})
+
+
 def pin_restart_keys(old: Config, new: Config) -> tuple[Config, list[str]]:
     """`new` with the old values of keys a reload cannot apply, and a note per changed key."""
     notes = [f"{key} changed ({_get(old, key)!r} -> {_get(new, key)!r}): restart filterd to apply it"
              for key in RESTART_KEYS if _get(old, key) != _get(new, key)]
-    timeouts = dataclasses.replace(new.timeouts, next_hop_connect=old.timeouts.next_hop_connect,
-                                   next_hop=old.timeouts.next_hop)
-    pinned = dataclasses.replace(new, listen=old.listen, workers=old.workers, metrics=old.metrics,
-                                 next_hop=old.next_hop, relay=old.relay, timeouts=timeouts)
+    pinned = new
+    for key in RESTART_KEYS:
+        pinned = _set(pinned, key, _get(old, key))
     return pinned, notes
 
 

@@ -7,6 +7,7 @@ subprocess, as systemd's ExecStartPre does.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,23 @@ def test_split_hostport_rejects_or_parses(text: str) -> None:
     assert host and host in text
     assert ":" not in host or text.startswith(f"[{host}]:")   # IPv6 only in brackets
     assert 0 <= port <= 65535 and int(text.rpartition(":")[2]) == port
+
+
+def test_reload_keeps_restart_keys_and_applies_the_rest() -> None:
+    from filterd.config import build
+    from filterd.server import RESTART_KEYS, pin_restart_keys
+
+    old = Config()
+    new = build(Config, {
+        "listen": "127.0.0.1:1", "workers": 2, "metrics": None, "next_hop": "127.0.0.1:2",
+        "relay": {"pool_size": 3}, "timeouts": {"next_hop_connect": 1, "next_hop": 2, "idle": 7},
+        "max_recipients": 5,
+    })
+    pinned, notes = pin_restart_keys(old, new)
+
+    def get(config: Any, key: str) -> Any:
+        return functools.reduce(getattr, key.split("."), config)
+
+    assert [get(pinned, key) for key in RESTART_KEYS] == [get(old, key) for key in RESTART_KEYS]
+    assert (pinned.timeouts.idle, pinned.max_recipients) == (7.0, 5)
+    assert [note.split(" ")[0] for note in notes] == list(RESTART_KEYS)
