@@ -274,21 +274,33 @@ class Daemon:
     def _report(self, event: str, text: str) -> None:
         """Standalone: what a worker would tell its supervisor goes to the log and systemd."""
         fields = text.split("\t")
-        if event in ("ready", "reloaded"):
-            metrics.MODEL.info({"version": fields[0], "provider": fields[1]})
         if event == "ready":
+            metrics.MODEL.info({"version": fields[0], "provider": fields[1]})
             log.info("ready: listening on %s, model %s on %s", fields[2], fields[0], fields[1])
             self.notifier.ready(f"listening on {fields[2]}, model {fields[0]}")
         elif event == "reloaded":
-            metrics.RELOADS.labels("ok").inc()
-            log.info("reloaded: model %s on %s", fields[0], fields[1])
-            self.notifier.ready(f"reloaded, model {fields[0]}")
+            reloaded(self.notifier, fields[0], fields[1])
         elif event == "refused":
-            metrics.RELOADS.labels("failed").inc()
-            log.error("reload refused, still serving the previous config and model: %s", text)
-            self.notifier.ready("reload refused, see the log")
+            refused(self.notifier, text)
         else:
             log.error("%s", text)
+
+
+# A reload's outcome, said once per process that systemd hears from: the standalone Daemon
+# or the supervisor (which passes its own logger).
+
+
+def reloaded(notifier: Notifier, version: str, provider: str, logger: logging.Logger = log) -> None:
+    metrics.MODEL.info({"version": version, "provider": provider})
+    metrics.RELOADS.labels("ok").inc()
+    logger.info("reloaded: model %s on %s", version, provider)
+    notifier.ready(f"reloaded, model {version}")
+
+
+def refused(notifier: Notifier, why: str, logger: logging.Logger = log) -> None:
+    metrics.RELOADS.labels("failed").inc()
+    logger.error("reload refused, still serving the previous config and model: %s", why)
+    notifier.ready("reload refused, see the log")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, multiprocess
 
-from filterd import metrics
+from filterd import metrics, server
 from filterd.config import Config, format_address, load_config, split_hostport
 from filterd.errors import ConfigError
 from filterd.notify import Notifier
@@ -227,7 +227,7 @@ class Supervisor:
         try:
             config, notes = pin_restart_keys(self.config, load_config(self.config_path))
         except ConfigError as exc:
-            self._refused(str(exc))
+            server.refused(self.notifier, str(exc), log)
             return
         for note in notes:
             log.warning("reload: %s", note)
@@ -242,19 +242,11 @@ class Supervisor:
             self.notifier.ready("reload partly failed, see the log")
             return
         if refused:
-            self._refused(refused[0])
+            server.refused(self.notifier, refused[0], log)
             return
         self.config = config
         version, provider = results[0][1].split("\t")[:2]
-        metrics.MODEL.info({"version": version, "provider": provider})
-        metrics.RELOADS.labels("ok").inc()
-        log.info("reloaded: model %s on %s", version, provider)
-        self.notifier.ready(f"reloaded, model {version}")
-
-    def _refused(self, why: str) -> None:
-        metrics.RELOADS.labels("failed").inc()
-        log.error("reload refused, still serving the previous config and model: %s", why)
-        self.notifier.ready("reload refused, see the log")
+        server.reloaded(self.notifier, version, provider, log)
 
 
 def run_worker(args: argparse.Namespace, config: Config) -> int:
