@@ -56,14 +56,19 @@ def _networks(values: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network
     return [ipaddress.ip_network(str(v), strict=False) for v in values or ()]
 
 
-def _in(peer: Any, networks: list[Any]) -> bool:
+def _address(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The peer's IP address (an IPv4-mapped one as IPv4); None for a UNIX socket or stranger."""
     try:
         addr = ipaddress.ip_address(peer[0].split("%")[0])
     except (TypeError, ValueError, IndexError):
-        return False  # a UNIX socket or something stranger: not a trusted network
+        return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in networks)
+        return addr.ipv4_mapped
+    return addr
+
+
+def _in(addr: Any, networks: list[Any]) -> bool:
+    return addr is not None and any(addr in net for net in networks)
 
 
 class FilterHandler:
@@ -103,7 +108,8 @@ class FilterHandler:
     def admit(self, session: Any) -> str | None:
         """None to greet the client, else the reply that refuses it."""
         session.id = f"{self._prefix}{next(_ids):x}"
-        if not _in(session.peer, self.allowed):
+        session.address = _address(session.peer)   # parsed once, checked again at EHLO/XFORWARD
+        if not _in(session.address, self.allowed):
             log.warning("%s %s refused: not in allowed_networks", session.id, session.peer)
             return replies.S554_ACCESS_DENIED
         if self.sessions >= int(self.state.config.max_connections):
@@ -125,7 +131,7 @@ class FilterHandler:
             self._end(session)
 
     def xforward(self, session: Any, envelope: Any, arg: str) -> str:
-        if not _in(session.peer, self.trusted):
+        if not _in(session.address, self.trusted):
             return replies.S550_XFORWARD_DENIED
         if envelope.mail_from is not None:
             return replies.S503_XFORWARD_IN_TRANSACTION
@@ -146,7 +152,7 @@ class FilterHandler:
         await self.abort(session)   # EHLO resets a transaction (RFC 5321 4.1.4)
         session.host_name = hostname
         extra = list(_EHLO_EXTRA)
-        if _in(session.peer, self.trusted):
+        if _in(session.address, self.trusted):
             extra.append("250-XFORWARD " + " ".join(XFORWARD_ATTRS))
         return [*responses[:-1], *extra, responses[-1]]
 

@@ -47,6 +47,7 @@ class FilterSession(Session):
         super().__init__(loop)
         self.id = ""
         self.admitted = False
+        self.address: Any = None      # the peer's IP address (handler.admit), None if not IP
         self.xforward: dict[str, str] = {}
         self.client = ""              # the original client (XFORWARD ADDR) or our peer
         self.txn: Any = None          # relay.Transaction while a mail transaction is open

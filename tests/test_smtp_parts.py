@@ -164,3 +164,18 @@ def test_the_real_daemon_relays_and_tags(filterd_serve: Any, sink: Any) -> None:
     assert daemon.stop() == 0
     assert time.monotonic() - started < 30
     assert "client=127.0.0.1" in daemon.log()
+
+
+@pytest.mark.parametrize(("peer", "allowed", "trusted"), [
+    (("127.0.0.1", 2525), True, True),
+    (("::ffff:127.0.0.1", 2525, 0, 0), True, True),    # IPv4-mapped: checked as IPv4
+    (("192.0.2.7", 2525), True, False),
+    (("fe80::1%eth0", 2525, 0, 2), False, False),      # scope id dropped, then outside both
+    ("/run/filterd.sock", False, False),               # a UNIX socket: never an IP network
+])
+def test_peer_network_membership(peer: Any, allowed: bool, trusted: bool) -> None:
+    from filterd.handler import _address, _in, _networks
+
+    address = _address(peer)
+    assert _in(address, _networks(["127.0.0.0/8", "192.0.2.0/24"])) is allowed
+    assert _in(address, _networks(["127.0.0.0/8", "::1/128"])) is trusted
