@@ -77,9 +77,7 @@ class FilterHandler:
     def __init__(self, config: Any, batcher: Any, relay: Any) -> None:
         self.relay = relay
         self.sessions = 0
-        self.in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.in_flight = 0            # open transactions (tests wait for it to reach 0)
         self._prefix = f"{os.getpid() % 100000:x}."
         self.reconfigure(config, batcher)
 
@@ -94,14 +92,6 @@ class FilterHandler:
         )
         self.allowed = _networks(config.allowed_networks)
         self.trusted = _networks(config.xforward_networks)
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no transaction is open; False if `timeout` ran out first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
 
     # Connection level (called by smtpd.FilterSMTP).
 
@@ -187,7 +177,6 @@ class FilterHandler:
         envelope.mail_options.extend(mail_options)
         session.txn, session.state = txn, state
         self.in_flight += 1
-        self._idle.clear()
         return replies.S250_SENDER_OK
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
@@ -289,8 +278,6 @@ class FilterHandler:
     def _end(self, session: Any) -> None:
         session.txn = session.state = None
         self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle.set()
 
 
 class Record:
