@@ -102,7 +102,7 @@ class FilterHandler:
         if not _in(session.address, self.allowed):
             log.warning("%s %s refused: not in allowed_networks", session.id, session.peer)
             return replies.S554_ACCESS_DENIED
-        if self.sessions >= int(self.state.config.max_connections):
+        if self.sessions >= self.state.config.max_connections:
             log.warning("%s %s refused: max_connections reached", session.id, session.peer)
             return replies.S421_TOO_MANY_CONNECTIONS
         session.admitted = True
@@ -183,7 +183,7 @@ class FilterHandler:
                           rcpt_options: list[str]) -> str:
         if session.txn is None:
             return replies.S451_NEXT_HOP_LOST
-        if len(envelope.rcpt_tos) >= int(session.state.config.max_recipients):
+        if len(envelope.rcpt_tos) >= session.state.config.max_recipients:
             return replies.S452_TOO_MANY_RECIPIENTS   # RFC 5321 4.5.3.1.8
         reply = await session.txn.rcpt(address, [*rcpt_options, *server.extra_params])
         if not reply.startswith("2"):
@@ -229,7 +229,7 @@ class FilterHandler:
         tagged = headers.tag(data, verdict, config.policy.subject_prefix)
         start = time.perf_counter()
         try:
-            reply = await asyncio.wait_for(txn.data(tagged), float(config.timeouts.next_hop))
+            reply = await asyncio.wait_for(txn.data(tagged), config.timeouts.next_hop)
         except TimeoutError:
             txn.close()
             metrics.NEXT_HOP_ERRORS.labels("timeout").inc()
@@ -243,12 +243,12 @@ class FilterHandler:
     async def _verdict(self, state: State, data: bytes, record: Record) -> headers.Verdict | None:
         """Score the message; None means "answer 451" (scoring failed, on_error: tempfail)."""
         config = state.config
-        if len(data) > int(config.scoring.max_bytes):
+        if len(data) > config.scoring.max_bytes:
             record.action = "skipped"
             return headers.Verdict("Skipped")
         start = time.perf_counter()
         try:
-            score = await asyncio.wait_for(state.batcher.score(data), float(config.timeouts.scoring))
+            score = await asyncio.wait_for(state.batcher.score(data), config.timeouts.scoring)
         except asyncio.CancelledError:
             raise
         except Exception:
