@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import mailbox
-import os
 import re
 import sys
 import tarfile
@@ -21,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+
+from filterd.mailfiles import MBOX_SNIFF, looks_like_mbox, mbox_messages, message_files
 
 TARBALLS = ("20030228_easy_ham.tar.bz2", "20030228_easy_ham_2.tar.bz2",
             "20030228_hard_ham.tar.bz2", "20030228_spam.tar.bz2", "20050311_spam_2.tar.bz2")
@@ -107,19 +107,16 @@ def iter_path(path: str | Path, label: int, stats: ReadStats | None = None) -> I
     path = Path(path)
     if path.is_file() and ".tar" in path.name:
         yield from _iter_tarball(path, label, stats)
-    elif path.is_file() and _looks_like_mbox(path):
-        # One message at a time, as stored (get_bytes, not a re-serialised Message).
-        box = mailbox.mbox(path, create=False)
-        try:
-            for i, key in enumerate(box.iterkeys()):
-                yield from _emit(box.get_bytes(key), label, f"{path}#{i}", str(path), stats)
-        finally:
-            box.close()
+    elif path.is_file() and _is_mbox(path):
+        for i, raw in enumerate(mbox_messages(path)):
+            yield from _emit(raw, label, f"{path}#{i}", str(path), stats)
     elif path.is_file():
         yield from _emit(path.read_bytes()[: MAX_MESSAGE + 1], label, str(path), str(path), stats)
     elif path.is_dir():
-        for file in _message_files(path):
-            if _looks_like_mbox(file):
+        for file in message_files(path):
+            if file.name in _SKIP:
+                continue
+            if _is_mbox(file):
                 yield from iter_path(file, label, stats)
                 continue
             raw = file.read_bytes()[: MAX_MESSAGE + 1]
@@ -128,25 +125,9 @@ def iter_path(path: str | Path, label: int, stats: ReadStats | None = None) -> I
         raise FileNotFoundError(f"{path}: no such file or folder")
 
 
-def _message_files(root: Path) -> list[Path]:
-    """Files below root, sorted. Not in hidden folders: Maildir++ subfolders (.Junk, .Sent)
-    are mailboxes of their own, with their own label. Not in a Maildir's tmp/: deliveries
-    in progress."""
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        maildir = (here / "cur").is_dir() and (here / "new").is_dir()
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not (maildir and d == "tmp")]
-        files += [here / name for name in filenames if name not in _SKIP and not name.startswith(".")]
-    return sorted(files)
-
-
-def _looks_like_mbox(path: Path) -> bool:
-    """An mbox starts with a `From ` line and holds more than one of them (a single message
-    with an envelope line, as in the SpamAssassin corpus, is read as one file)."""
+def _is_mbox(path: Path) -> bool:
     with path.open("rb") as f:
-        head = f.read(1 << 16)
-    return head.startswith(b"From ") and head.count(b"\nFrom ") >= 1
+        return looks_like_mbox(f.read(MBOX_SNIFF))
 
 
 def split_of(raw: bytes, seed: int, val_frac: float, test_frac: float) -> str:

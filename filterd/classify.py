@@ -1,7 +1,8 @@
 """`filterd classify [--model DIR] PATH…`: one JSON line per message with path, score and action.
 
 PATH is a message file, a folder (walked recursively, so Maildir cur/ and new/ are read
-too; dot files and Maildir tmp/ are skipped), an mbox file, or `-` for one message on
+too; dot files, hidden folders such as Maildir++ subfolders, and Maildir tmp/ are
+skipped: see filterd/mailfiles.py), an mbox file, or `-` for one message on
 stdin. Messages are scored in batches; the action is what the manifest's thresholds give:
 "reject" at or above reject, "tag" at or above tag, else "pass".
 """
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import mailbox
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from filterd.errors import ModelError
+from filterd.mailfiles import looks_like_mbox, mbox_messages, message_files
 from filterd.scorer import Scorer, Thresholds
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "model_artifacts"
@@ -39,25 +40,16 @@ def iter_messages(paths: list[str], errors: list[str]) -> Iterator[tuple[str, by
             yield "-", sys.stdin.buffer.read(MAX_READ)
             continue
         path = Path(name)
-        if path.is_dir():
-            for file in sorted(path.rglob("*")):
-                rel = file.relative_to(path).parts
-                if file.is_file() and not any(p.startswith(".") or p == "tmp" for p in rel):
-                    yield from _read_file(file, errors)
-        else:
-            yield from _read_file(path, errors)
+        for file in message_files(path) if path.is_dir() else [path]:
+            yield from _read_file(file, errors)
 
 
 def _read_file(path: Path, errors: list[str]) -> Iterator[tuple[str, bytes]]:
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_READ)
-        if raw.startswith(b"From ") and b"\nFrom " in raw:
-            box = mailbox.mbox(path, create=False)
-            try:
-                items = [(f"{path}#{key}", m.as_bytes()) for key, m in box.items()]
-            finally:
-                box.close()
+        if looks_like_mbox(raw):
+            items = [(f"{path}#{i}", message[:MAX_READ]) for i, message in enumerate(mbox_messages(path))]
         else:
             items = [(str(path), raw)]
     except OSError as exc:

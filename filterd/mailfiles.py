@@ -1,0 +1,43 @@
+"""Mail on disk → raw messages: folders (Maildir included) and mbox files.
+
+Shared by `filterd classify` and the training pipeline (export/corpus.py), so that both
+read a postmaster's mail the same way.
+"""
+
+from __future__ import annotations
+
+import mailbox
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+MBOX_SNIFF = 1 << 16    # bytes of a file's head that tell an mbox from a message
+
+
+def message_files(root: Path) -> list[Path]:
+    """Files below root, sorted, dot files left out. Not in hidden folders: Maildir++
+    subfolders (.Junk, .Sent) are mailboxes of their own. Not in a Maildir's tmp/:
+    deliveries in progress."""
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        maildir = (here / "cur").is_dir() and (here / "new").is_dir()
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not (maildir and d == "tmp")]
+        files += [here / name for name in filenames if not name.startswith(".")]
+    return sorted(files)
+
+
+def looks_like_mbox(head: bytes) -> bool:
+    """An mbox starts with a `From ` line and holds more than one of them (a single message
+    with an envelope line, as in the SpamAssassin corpus, is read as one message)."""
+    return head.startswith(b"From ") and b"\nFrom " in head[:MBOX_SNIFF]
+
+
+def mbox_messages(path: Path) -> Iterator[bytes]:
+    """Each message of an mbox as stored (not re-serialised), one at a time."""
+    box = mailbox.mbox(path, create=False)
+    try:
+        for key in box.iterkeys():
+            yield box.get_bytes(key)
+    finally:
+        box.close()
