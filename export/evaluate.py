@@ -50,8 +50,7 @@ def report(scorer: Scorer, samples: list[Sample]) -> dict[str, object]:
     """The figures the issue asks for, for the whole network and each branch alone."""
     labels = np.array([s.label for s in samples], dtype=np.int64)
     logits = scorer.infer_logits([scorer.prepare(s.raw) for s in samples])
-    scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80)))
-    whole = scores[:, 0]
+    whole = metrics.sigmoid(logits[:, 0])
     # Ranks come from the logits: probabilities round to exactly 1.0 past a logit of about
     # 37 and would tie there.
     out: dict[str, object] = dict(metrics.summary(labels, logits[:, 0]))

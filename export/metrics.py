@@ -10,6 +10,11 @@ import math
 import numpy as np
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Spam probabilities from logits, clipped as the daemon's scorer clips them."""
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80)))
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Probability that a random spam outscores a random ham (ties count half)."""
     labels = np.asarray(labels).astype(bool)

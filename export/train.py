@@ -247,17 +247,13 @@ def run(args: argparse.Namespace) -> int:
     net = net.cpu().eval()
     logits = {k: predict(net, data[k], torch.device("cpu")) for k in ("val", "test") if parts[k]}
     report = evaluate_parts(logits, labels)
-    thresholds = metrics.calibrate(labels["val"], _sigmoid(logits["val"][:, 0]))
+    thresholds = metrics.calibrate(labels["val"], metrics.sigmoid(logits["val"][:, 0]))
     print(f"metrics: {report}\nthresholds: {thresholds}", file=sys.stderr)
     artifacts.write(args.out, net, vocab, idf, cfg=cfg, mcfg=mcfg, parts=parts, stats=stats,
                     metrics=report, thresholds=thresholds, history=history,
                     parity_items=prepared["val"][:256], parity_logits=logits["val"][:256, 0],
                     seconds=time.monotonic() - started, argv=sys.argv)
     return 0
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -80, 80)))
 
 
 def evaluate_parts(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict:
