@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from filterd.mailfiles import MBOX_SNIFF, looks_like_mbox, mbox_messages, message_files
+from filterd.scorer import sha256_file
 
 TARBALLS = ("20030228_easy_ham.tar.bz2", "20030228_easy_ham_2.tar.bz2",
             "20030228_hard_ham.tar.bz2", "20030228_spam.tar.bz2", "20050311_spam_2.tar.bz2")
@@ -158,19 +159,20 @@ def fetch(dest: Path, base_url: str = URL) -> int:
     status = 0
     for name in TARBALLS:
         target = dest / name
-        part = dest / (name + ".part")
-        if not target.exists():
+        if target.exists():
+            digest = sha256_file(target)
+        else:
+            part = dest / (name + ".part")
             print(f"fetching {base_url}{name}", file=sys.stderr)
             with urllib.request.urlopen(base_url + name, timeout=60) as response:
                 part.write_bytes(response.read(256 * 1024 * 1024))
-            digest = hashlib.sha256(part.read_bytes()).hexdigest()
+            digest = sha256_file(part)
             if digest != SHA256[name]:
                 print(f"{name}: sha256 {digest} is not the expected {SHA256[name]}; "
                       f"kept as {part}", file=sys.stderr)
                 status = 1
                 continue
             part.rename(target)
-        digest = hashlib.sha256(target.read_bytes()).hexdigest()
         ok = "OK" if digest == SHA256[name] else "MISMATCH"
         status = status if ok == "OK" else 1
         print(f"{digest}  {name}  {ok}")
