@@ -28,8 +28,8 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import harness
-from filterd.scorer import Scorer
-from filterd.text import Prepared
+from filterd.pipeline.scorer import Scorer
+from filterd.pipeline.text import Prepared
 
 
 def timed(fn, seconds: float) -> tuple[int, float, float]:  # type: ignore[no-untyped-def]

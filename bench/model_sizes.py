@@ -23,7 +23,8 @@ import numpy as np
 
 from bench import harness
 from bench.model import synthetic, templates, timed
-from filterd.scorer import Scorer, sha256_file
+from filterd.pipeline.artifact import sha256_file
+from filterd.pipeline.scorer import Scorer
 
 
 def variant(shipped: Path, hidden: int, dest: Path) -> Path:

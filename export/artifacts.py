@@ -1,4 +1,4 @@
-"""Writes model_artifacts/: model.onnx, vocab.json, idf.npy, split.json, manifest.json.
+"""Writes model_artifacts/: model.onnx, vocab.json, idf.npy, wide.npy, split.json, manifest.json.
 
 The manifest is written last and only after the parity check passed, so a failed export
 leaves no loadable artifact behind.
@@ -20,9 +20,9 @@ from export import to_onnx
 from export.config import as_dict
 from export.corpus import ReadStats, Sample
 from export.model import SpamNet
-from filterd import features, text
-from filterd.scorer import FORMAT, sha256_file
-from filterd.vocab import Vocab
+from filterd.pipeline import features, text
+from filterd.pipeline.artifact import FORMAT, sha256_file
+from filterd.pipeline.vocab import Vocab
 
 LIBRARIES = ("torch", "onnx", "onnxruntime", "numpy")
 
@@ -57,6 +57,10 @@ def write(out: Path, net: SpamNet, vocab: Vocab, idf: np.ndarray, *, cfg, mcfg, 
             "features": cfg.features}
     vocab.save(out / "vocab.json", spec)
     features.save_idf(out / "idf.npy", idf)
+    # The wide branch's per-bucket weights as they enter the whole logit, for explanations
+    # (filterd.pipeline.scorer.Scorer.wide_weights); the same numbers as in the graph.
+    wide = net.wide.detach().cpu().numpy().astype(np.float32)
+    np.save(out / "wide.npy", wide, allow_pickle=False)
     (out / "split.json").write_text(json.dumps(
         {"seed": cfg.split_seed, "val_frac": cfg.val_frac, "test_frac": cfg.test_frac,
          "rule": "sha256(seed as 8 little-endian bytes + message) -> uniform; < test_frac: test",
@@ -76,10 +80,10 @@ def write(out: Path, net: SpamNet, vocab: Vocab, idf: np.ndarray, *, cfg, mcfg, 
         "libraries": _versions(),
     }
     manifest["parity"] = to_onnx.check_parity(out / "model.onnx", manifest,
-                                              (vocab, idf, cfg.max_tokens),
+                                              (vocab, idf, wide, cfg.max_tokens),
                                               parity_items, parity_logits)
     manifest["files"] = {name: sha256_file(out / name)
-                         for name in ("model.onnx", "vocab.json", "idf.npy", "split.json")}
+                         for name in ("model.onnx", "vocab.json", "idf.npy", "wide.npy", "split.json")}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {out} (parity {manifest['parity']})", file=sys.stderr)
     return manifest

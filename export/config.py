@@ -15,7 +15,7 @@ class TrainConfig:
     test_frac: float = 0.15
     max_messages: int = 0         # 0 = all; else a random subset of this size (smoke tests)
     max_tokens: int = 128         # tokens the GRU reads per message (256 was no better, 2-3x slower)
-    features: str = "char_wb"     # hashed n-gram scheme (filterd.features.SCHEMES)
+    features: str = "char_wb"     # hashed n-gram scheme (filterd.pipeline.features.SCHEMES)
     vocab_size: int = 30000
     min_count: int = 2
     epochs: int = 10

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from filterd.mailfiles import MBOX_SNIFF, looks_like_mbox, mbox_messages, message_files
-from filterd.scorer import sha256_file
+from filterd.pipeline.artifact import sha256_file
 
 TARBALLS = ("20030228_easy_ham.tar.bz2", "20030228_easy_ham_2.tar.bz2",
             "20030228_hard_ham.tar.bz2", "20030228_spam.tar.bz2", "20050311_spam_2.tar.bz2")

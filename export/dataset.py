@@ -1,4 +1,4 @@
-"""Prepared messages → padded torch batches, built on filterd.text so training and serving agree."""
+"""Prepared messages → padded torch batches, built on filterd.pipeline.text so training and serving agree."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from filterd.text import Prepared
+from filterd.pipeline.text import Prepared
 
 
 class Batch(NamedTuple):

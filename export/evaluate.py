@@ -18,7 +18,7 @@ import numpy as np
 from export import metrics
 from export.corpus import ReadStats, Sample, iter_corpus, iter_path, split_of
 from filterd.errors import ModelError
-from filterd.scorer import Scorer
+from filterd.pipeline.scorer import Scorer
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

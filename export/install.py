@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from filterd.scorer import read_manifest
+from filterd.pipeline.artifact import read_manifest
 
 log = logging.getLogger(__name__)
 

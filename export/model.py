@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from filterd.features import BUCKETS
+from filterd.pipeline.features import BUCKETS
 
 
 @dataclass

@@ -37,8 +37,8 @@ from export import install, metrics
 from export.corpus import ReadStats, Sample, iter_path, split_of
 from filterd.config import Config, load_config
 from filterd.errors import ConfigError, FilterdError, ModelError
-from filterd.log import setup as log_setup
-from filterd.scorer import Scorer
+from filterd.service.log import setup as log_setup
+from filterd.pipeline.scorer import Scorer
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import onnxruntime as ort
 import torch
 
 from export.model import INPUTS, OUTPUTS, SpamNet, StepModule
-from filterd.scorer import Scorer
-from filterd.text import Prepared
+from filterd.pipeline.scorer import Scorer
+from filterd.pipeline.text import Prepared
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -46,11 +46,11 @@ def export(net: SpamNet, path: Path) -> None:
 def check_parity(path: Path, manifest: dict, scorer_parts: tuple, items: list[Prepared],
                  expected: np.ndarray) -> dict[str, float]:
     """Score `items` with onnxruntime whole and in 64- and 7-token chunks; raise if off by > 1e-4."""
-    vocab, idf, max_tokens = scorer_parts
+    vocab, idf, wide, max_tokens = scorer_parts
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = {}
     for chunk in (max_tokens, 64, 7):
-        scorer = Scorer(session, manifest, vocab, idf, max_tokens, chunk)
+        scorer = Scorer(session, manifest, vocab, idf, wide, max_tokens, chunk)
         got = scorer.infer_logits(items)[:, 0]
         diff = float(np.max(np.abs(got - expected))) if len(items) else 0.0
         worst[f"chunk_{chunk}"] = diff

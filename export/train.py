@@ -23,9 +23,9 @@ from export.config import ModelConfig, TrainConfig, apply_overrides, split_overr
 from export.corpus import ReadStats, Sample, iter_corpus, iter_path, split_of
 from export.dataset import Batch, batches
 from export.model import SpamNet
-from filterd import features, text
-from filterd.text import Prepared
-from filterd.vocab import Vocab
+from filterd.pipeline import features, text
+from filterd.pipeline.text import Prepared
+from filterd.pipeline.vocab import Vocab
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -17,7 +17,7 @@ import logging
 from concurrent.futures import Executor
 from typing import Any
 
-from filterd import metrics
+from filterd.service import metrics
 
 log = logging.getLogger(__name__)
 

@@ -17,17 +17,12 @@ from pathlib import Path
 
 from filterd.errors import ModelError
 from filterd.mailfiles import looks_like_mbox, mbox_messages, message_files
-from filterd.scorer import Scorer, Thresholds
+from filterd.pipeline.scorer import Scorer
+from filterd.verdict import Policy
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "model_artifacts"
 BATCH = 256
 MAX_READ = 64 * 1024 * 1024
-
-
-def action(score: float, thresholds: Thresholds) -> str:
-    if score >= thresholds.reject:
-        return "reject"
-    return "tag" if score >= thresholds.tag else "pass"
 
 
 def iter_messages(paths: list[str], errors: list[str]) -> Iterator[tuple[str, bytes]]:
@@ -60,10 +55,11 @@ def _read_file(path: Path, errors: list[str]) -> Iterator[tuple[str, bytes]]:
 
 def _flush(scorer: Scorer, pending: list[tuple[str, bytes]]) -> None:
     scores = scorer.infer([scorer.prepare(raw) for _, raw in pending])
+    policy = Policy.resolve("manifest", "manifest", scorer.thresholds)
     out = sys.stdout
     for (path, _), score in zip(pending, scores):
         out.write(json.dumps({"path": path, "score": round(score, 6),
-                              "action": action(score, scorer.thresholds)}) + "\n")
+                              "action": policy.action(score)}) + "\n")
     out.flush()
     pending.clear()
 

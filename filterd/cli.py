@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "check-config":
         from filterd import config as command  # type: ignore[no-redef]
     else:
-        from filterd import server as command  # type: ignore[no-redef]
+        from filterd.service import daemon as command  # type: ignore[no-redef]
     return int(command.run(args))
 
 

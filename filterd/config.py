@@ -284,7 +284,7 @@ def _model_message(model: ModelConfig, why: str) -> str:
 
 def load_scorer(config: Config) -> Any:
     """Load and warm up the model `config` names; ConfigError naming `model.path` if it can't."""
-    from filterd.scorer import Scorer  # onnxruntime is heavy: import only when a model is needed
+    from filterd.pipeline.scorer import Scorer  # onnxruntime is heavy: import only when a model is needed
 
     model = config.model
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from filterd.scorer import Scorer
+from filterd.pipeline.scorer import Scorer
 
 DATA = Path(__file__).parent / "data" / "mime"
 REPO = Path(__file__).resolve().parent.parent

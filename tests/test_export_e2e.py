@@ -31,7 +31,7 @@ def tiny_model(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def test_artifact_is_complete_and_small(tiny_model: Path) -> None:
     manifest = json.loads((tiny_model / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"model.onnx", "vocab.json", "idf.npy", "split.json"}
+    assert set(manifest["files"]) == {"model.onnx", "vocab.json", "idf.npy", "wide.npy", "split.json"}
     assert max(manifest["parity"].values()) <= 1e-4
     assert manifest["corpus"]["splits"]["train"]["spam"] > 0
     for split in ("val", "test"):
@@ -63,12 +63,12 @@ def test_classify_and_evaluate_with_the_tiny_model(tiny_model: Path, corpus_dir:
 
 def test_parity_check_fails_loudly(tiny_model: Path) -> None:
     from export import to_onnx
-    from filterd.scorer import Scorer
+    from filterd.pipeline.scorer import Scorer
 
     scorer = Scorer.load(tiny_model, "cpu")
     items = [scorer.prepare(b"Subject: hello\r\n\r\nsome words here")]
     expected = scorer.infer_logits(items)[:, 0]
-    parts = (scorer.vocab, scorer.idf, scorer.max_tokens)
+    parts = (scorer.vocab, scorer.idf, scorer.wide_weights, scorer.max_tokens)
     assert to_onnx.check_parity(tiny_model / "model.onnx", scorer.manifest, parts, items,
                                 expected)["chunk_7"] <= 1e-4
     with pytest.raises(to_onnx.ParityError, match="differ"):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from filterd.log import JournalFormatter, under_journald
-from filterd.notify import Notifier
+from filterd.service.log import JournalFormatter, under_journald
+from filterd.service.notify import Notifier
 
 
 def test_under_journald_matches_the_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

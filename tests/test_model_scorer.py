@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from filterd.errors import ModelError
-from filterd.scorer import Scorer
+from filterd.pipeline.scorer import Scorer
 
 DATA = Path(__file__).parent / "data" / "mime"
 

@@ -93,7 +93,7 @@ def test_reject_at_the_manifest_threshold(before: MailPath, ham: list[bytes],
                                           spam: list[bytes], tmp_path: Path) -> None:
     """`reject_at: manifest`: what the model scores at or above its calibrated reject
     threshold gets 550 at the client, the rest is relayed."""
-    from filterd.scorer import Scorer
+    from filterd.pipeline.scorer import Scorer
 
     assert before.filterd is not None
     scorer = Scorer.load(shipped_model(), device="cpu")

@@ -32,7 +32,8 @@ from export.retrain import (
     main_pid,
     reload_filterd,
 )
-from filterd.scorer import Scorer, read_manifest
+from filterd.pipeline.artifact import read_manifest
+from filterd.pipeline.scorer import Scorer
 from tests.fixtures.smtp import wait_until
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from filterd import replies
+from filterd.smtp import replies
 from tests.fixtures.smtp import InProcessFilterd, wait_until
 from tests.test_smtp_proxy import code, ours_and_rest, raw, said, talk
 

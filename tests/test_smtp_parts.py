@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from filterd.batcher import Batcher
-from filterd.headers import Verdict, format_score, header_end, render, tag
-from filterd.relay import stuff
+from filterd.verdict import Verdict, format_score, header_end, render, tag
+from filterd.smtp.relay import stuff
 from tests.test_smtp_proxy import ours_and_rest
 
 SPAMMY = Verdict("Yes", 0.9731, 0.4, 0.95, "m-1")
@@ -131,14 +131,14 @@ def counted(name: str, **labels: str) -> float:
 
 
 def test_one_info_line_and_metrics_per_message(filterd: Any, sink: Any, caplog: Any) -> None:
-    caplog.set_level("INFO", logger="filterd.handler")
+    caplog.set_level("INFO", logger="filterd.smtp.handler")
     before = {a: counted("filterd_messages_total", action=a) for a in ("ham", "tagged")}
     relayed = counted("filterd_relay_seconds_count")
     with smtplib.SMTP(filterd.host, filterd.port) as client:
         client.sendmail("alice@example.org", ["a@example.org", "b@example.org"],
                         b"Subject: hi\r\n\r\nhello\r\n")
     sink.wait_for(1)
-    lines = [r.getMessage() for r in caplog.records if r.name == "filterd.handler"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "filterd.smtp.handler"]
     assert len(lines) == 1
     line = lines[0]
     for part in ("client=127.0.0.1", "from=<alice@example.org>", "rcpts=2", "size=22",
@@ -174,7 +174,7 @@ def test_the_real_daemon_relays_and_tags(filterd_serve: Any, sink: Any) -> None:
     ("/run/filterd.sock", False, False),               # a UNIX socket: never an IP network
 ])
 def test_peer_network_membership(peer: Any, allowed: bool, trusted: bool) -> None:
-    from filterd.handler import _address, _in, _networks
+    from filterd.smtp.handler import _address, _in, _networks
 
     address = _address(peer)
     assert _in(address, _networks(["127.0.0.0/8", "192.0.2.0/24"])) is allowed

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from filterd import replies
+from filterd.smtp import replies
 
 SENDER = "sender@example.org"
 

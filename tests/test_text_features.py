@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from filterd import features
+from filterd.pipeline import features
 
 
 def _reference(data: bytes, scheme: str) -> tuple[list[bytes], list[bytes]]:
@@ -67,7 +67,7 @@ def test_idf_round_trip(tmp_path) -> None:
     rare = features.hash_ngrams(b"rare")[0][0]
     assert idf[rare] > idf[common]
     features.save_idf(tmp_path / "idf.npy", idf)
-    assert np.array_equal(features.load_idf(tmp_path / "idf.npy"), idf)
+    assert np.array_equal(features.load_buckets(tmp_path / "idf.npy"), idf)
 
 
 def test_count_matches_numpy_unique() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from filterd import text
+from filterd.pipeline import text
 
 DATA = Path(__file__).parent / "data" / "mime"
 EXPECTED = {k: v for k, v in json.loads((DATA / "expected.json").read_text()).items()

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filterd import features, text
-from filterd.vocab import Vocab
+from filterd.pipeline import features, text
+from filterd.pipeline.vocab import Vocab
 
 _VOCAB = Vocab(["<pad>", "<unk>", "<subject>", "<body>", "free"])
 _IDF = np.ones(features.BUCKETS, np.float32)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from filterd import text
-from filterd.vocab import PAD_ID, UNK_ID, Vocab
+from filterd.pipeline import text
+from filterd.pipeline.vocab import PAD_ID, UNK_ID, Vocab
 
 
 def test_build_keeps_frequent_tokens_and_maps_unknown_to_unk() -> None:

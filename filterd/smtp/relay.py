@@ -20,9 +20,10 @@ from typing import Any, NamedTuple
 
 import aiosmtplib
 
-from filterd import metrics, replies
+from filterd.service import metrics
+from filterd.smtp import replies
 from filterd.config import split_hostport
-from filterd.smtpd import greeting_name
+from filterd.smtp.smtpd import greeting_name
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,6 @@ by chunk with bounded memory and gives the same score as in one piece.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -19,16 +17,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from filterd import text
+from filterd.pipeline import text
 from filterd.errors import ModelError
-from filterd.features import SCHEMES, load_idf
-from filterd.text import Prepared
-from filterd.vocab import Vocab
+from filterd.pipeline.artifact import read_manifest
+from filterd.pipeline.features import load_buckets
+from filterd.pipeline.text import Prepared
+from filterd.pipeline.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1                      # manifest "format" this code reads
-REQUIRED = ("model.onnx", "vocab.json", "idf.npy")
 _SUB_BATCH = 64                 # messages per onnxruntime call: bounds memory for any batch
 
 
@@ -36,42 +33,6 @@ _SUB_BATCH = 64                 # messages per onnxruntime call: bounds memory f
 class Thresholds:
     tag: float      # calibrated: <= 0.5 % of validation ham at or above
     reject: float   # calibrated: <= 0.1 % of validation ham at or above
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_manifest(path: Path) -> dict:
-    """manifest.json of an artifact, after checking the format and every file's SHA-256."""
-    try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {path / 'manifest.json'}: {exc}") from exc
-    if manifest.get("format") != FORMAT:
-        raise ModelError(f"{path}: manifest format {manifest.get('format')!r}, expected {FORMAT}")
-    files = manifest.get("files", {})
-    for name in REQUIRED:
-        if name not in files:
-            raise ModelError(f"{path}: manifest lists no {name}")
-    for name, expected in files.items():
-        try:
-            actual = sha256_file(path / name)
-        except OSError as exc:
-            raise ModelError(f"{path}: cannot read {name}: {exc}") from exc
-        if actual != expected:
-            raise ModelError(f"{path / name}: sha256 {actual} does not match the manifest")
-    if manifest.get("text", {}).get("features", "alnum") not in SCHEMES:
-        raise ModelError(f"{path}: unknown feature scheme {manifest['text']['features']!r}")
-    if manifest.get("text", {}).get("pipeline_version") != text.PIPELINE_VERSION:
-        raise ModelError(f"{path}: trained with text pipeline "
-                         f"{manifest.get('text', {}).get('pipeline_version')!r}, "
-                         f"this filterd has {text.PIPELINE_VERSION}")
-    return manifest
 
 
 def _providers(device: str) -> list[str]:
@@ -90,11 +51,14 @@ class Scorer:
     """Spam probability of raw messages with the shipped (or any compatible) artifact."""
 
     def __init__(self, session: ort.InferenceSession, manifest: dict, vocab: Vocab,
-                 idf: np.ndarray, max_tokens: int, chunk_tokens: int) -> None:
+                 idf: np.ndarray, wide: np.ndarray, max_tokens: int, chunk_tokens: int) -> None:
         self.session = session
         self.manifest = manifest
         self.vocab = vocab
         self.idf = idf
+        # The wide branch's weight of each bucket as it enters the whole logit: what an
+        # explanation multiplies each feature's weight by (the graph holds the same numbers).
+        self.wide_weights = wide
         self.max_tokens = max_tokens
         self.chunk_tokens = chunk_tokens
         self.hidden = int(manifest["model"]["hidden"])
@@ -119,7 +83,8 @@ class Scorer:
             raise ModelError("threads, max_tokens and chunk_tokens must be at least 1")
         try:
             vocab, _spec = Vocab.load(path / "vocab.json")
-            idf = load_idf(path / "idf.npy")
+            idf = load_buckets(path / "idf.npy")
+            wide = load_buckets(path / "wide.npy")
         except (OSError, ValueError, KeyError) as exc:
             raise ModelError(f"{path}: bad vocabulary or IDF table: {exc}") from exc
         options = ort.SessionOptions()
@@ -134,7 +99,7 @@ class Scorer:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"{path / 'model.onnx'}: onnxruntime cannot load it: {exc}") from exc
         limit = min(max_tokens, int(manifest["text"]["max_tokens"]))
-        scorer = cls(session, manifest, vocab, idf, limit, chunk_tokens)
+        scorer = cls(session, manifest, vocab, idf, wide, limit, chunk_tokens)
         log.info("model %s loaded from %s on %s", scorer.version, path, scorer.provider)
         return scorer
 

@@ -4,7 +4,7 @@ One mail transaction, as seen from here:
 
     MAIL  take a next-hop connection (relay.py), pass MAIL on, answer with its result
     RCPT  pass each recipient on; the next hop's reply is the client's reply
-    DATA  score (batcher.py) → reject (RSET the next hop, 550) or tag (headers.py) and
+    DATA  score (batcher.py) → reject (RSET the next hop, 550) or tag (verdict.py) and
           send DATA; answer the next hop's reply to the final dot, or 451 on trouble
     RSET/QUIT/disconnect  RSET or drop the next-hop transaction
 
@@ -25,8 +25,10 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING
 
-from filterd import headers, metrics, replies
-from filterd.smtpd import XFORWARD_ATTRS, parse_xforward, smtp_factory
+from filterd import verdict
+from filterd.service import metrics
+from filterd.smtp import replies
+from filterd.smtp.smtpd import XFORWARD_ATTRS, parse_xforward, smtp_factory
 
 __all__ = ["FilterHandler", "smtp_factory"]
 
@@ -41,15 +43,7 @@ class State:
 
     config: Any
     batcher: Any
-    tag_at: float | None
-    reject_at: float | None
-    model: str
-
-
-def _threshold(value: Any, manifest: float) -> float | None:
-    if value is None:
-        return None
-    return manifest if value == "manifest" else float(value)
+    policy: verdict.Policy
 
 
 def _networks(values: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -83,13 +77,10 @@ class FilterHandler:
 
     def reconfigure(self, config: Any, batcher: Any) -> None:
         """New config/scorer for new transactions; those in flight keep what they started with."""
-        thresholds = batcher.scorer.thresholds
-        self.state = State(
-            config, batcher,
-            tag_at=_threshold(config.policy.tag_at, thresholds.tag),
-            reject_at=_threshold(config.policy.reject_at, thresholds.reject),
-            model=str(getattr(batcher.scorer, "version", "")),
-        )
+        policy = verdict.Policy.resolve(config.policy.tag_at, config.policy.reject_at,
+                                        batcher.scorer.thresholds,
+                                        str(getattr(batcher.scorer, "version", "")))
+        self.state = State(config, batcher, policy)
         self.allowed = _networks(config.allowed_networks)
         self.trusted = _networks(config.xforward_networks)
 
@@ -216,17 +207,16 @@ class FilterHandler:
 
     async def _deliver(self, state: State, txn: Any, data: bytes, record: Record) -> str:
         config = state.config
-        verdict = await self._verdict(state, data, record)
-        if verdict is None:
+        judged = await self._verdict(state, data, record)
+        if judged is None:
             await txn.abort()
             record.action = "tempfail"
             return replies.S451_SCORING_FAILED
-        if (verdict.score is not None and state.reject_at is not None
-                and verdict.score >= state.reject_at):
+        if judged.rejected:
             await txn.abort()
             record.action = "rejected"
             return replies.S550_SPAM_REJECTED   # before-queue: all recipients or none
-        tagged = headers.tag(data, verdict, config.policy.subject_prefix)
+        tagged = verdict.tag(data, judged, config.policy.subject_prefix)
         start = time.perf_counter()
         try:
             reply = await asyncio.wait_for(txn.data(tagged), config.timeouts.next_hop)
@@ -240,12 +230,12 @@ class FilterHandler:
             record.action = "relay_failed"
         return reply
 
-    async def _verdict(self, state: State, data: bytes, record: Record) -> headers.Verdict | None:
+    async def _verdict(self, state: State, data: bytes, record: Record) -> verdict.Verdict | None:
         """Score the message; None means "answer 451" (scoring failed, on_error: tempfail)."""
         config = state.config
         if len(data) > config.scoring.max_bytes:
             record.action = "skipped"
-            return headers.Verdict("Skipped")
+            return verdict.Verdict("Skipped")
         start = time.perf_counter()
         try:
             score = await asyncio.wait_for(state.batcher.score(data), config.timeouts.scoring)
@@ -256,15 +246,14 @@ class FilterHandler:
             if config.scoring.on_error != "accept":
                 return None
             record.action = "unscored"
-            return headers.Verdict("Unknown")
+            return verdict.Verdict("Unknown")
         record.scoring_s = time.perf_counter() - start
         record.score = score
         metrics.SCORING_SECONDS.observe(record.scoring_s)
         metrics.SCORE.observe(score)
-        flagged = state.tag_at is not None and score >= state.tag_at
-        record.action = "tagged" if flagged else "ham"
-        return headers.Verdict("Yes" if flagged else "No", score, state.tag_at,
-                               state.reject_at, state.model)
+        judged = state.policy.judge(score)
+        record.action = "tagged" if judged.flagged else "ham"
+        return judged
 
     # Transaction bookkeeping.
 
@@ -298,6 +287,6 @@ class Record:
             "%s client=%s from=<%s> rcpts=%d size=%d score=%s action=%s scoring_ms=%.1f "
             "relay_ms=%.1f reply=%r",
             session.id, session.client, envelope.mail_from, len(envelope.rcpt_tos),
-            len(envelope.content or b""), "-" if self.score is None else headers.format_score(self.score),
+            len(envelope.content or b""), "-" if self.score is None else verdict.format_score(self.score),
             self.action, self.scoring_s * 1000, self.relay_s * 1000, reply.split("\r\n")[-1],
         )

@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from filterd.features import featurize
-from filterd.vocab import Vocab
+from filterd.pipeline.features import featurize
+from filterd.pipeline.vocab import Vocab
 
 PIPELINE_VERSION = 1        # bump when tokens change; the manifest records it, the scorer checks it
 

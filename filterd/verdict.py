@@ -1,4 +1,7 @@
-"""Our verdict headers: neutralise forged X-Spam-* headers, prepend ours, change nothing else.
+"""The verdict: score -> pass / tag / reject (Policy), and how it is written into a message.
+
+Every front-end (the SMTP proxy, the milter, spamd) and `filterd classify` decide with the
+same Policy, so a message gets the same action whichever way it came in.
 
 A message leaves filterd byte-identical to how it came in except for:
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 # A header field that starts with X-Spam- (any case), not one we already renamed.
 # Only lines at the start of a field: continuation lines begin with WSP (RFC 5322 2.2.3).
@@ -37,6 +41,43 @@ class Verdict:
     @property
     def flagged(self) -> bool:
         return self.status == "Yes"
+
+    @property
+    def rejected(self) -> bool:
+        return self.score is not None and self.reject is not None and self.score >= self.reject
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Thresholds resolved against the model: `tag` and `reject` are None when switched off."""
+
+    tag: float | None
+    reject: float | None
+    model: str = ""
+
+    @classmethod
+    def resolve(cls, tag_at: float | str | None, reject_at: float | str | None,
+                manifest: Any, model: str = "") -> Policy:
+        """policy.tag_at / reject_at ("manifest", a score or None) against the model's
+        calibrated thresholds (`manifest` has .tag and .reject)."""
+        return cls(_resolve(tag_at, manifest.tag), _resolve(reject_at, manifest.reject), model)
+
+    def judge(self, score: float) -> Verdict:
+        flagged = self.tag is not None and score >= self.tag
+        return Verdict("Yes" if flagged else "No", score, self.tag, self.reject, self.model)
+
+    def action(self, score: float) -> str:
+        """"reject", "tag" or "pass": what a front-end does with a message of this score."""
+        verdict = self.judge(score)
+        if verdict.rejected:
+            return "reject"
+        return "tag" if verdict.flagged else "pass"
+
+
+def _resolve(value: float | str | None, manifest: float) -> float | None:
+    if value is None:
+        return None
+    return manifest if value == "manifest" else float(value)
 
 
 def format_score(value: float) -> str:

@@ -144,8 +144,9 @@ def save_idf(path: Path, idf: np.ndarray) -> None:
     np.save(path, idf.astype(np.float16), allow_pickle=False)
 
 
-def load_idf(path: Path) -> np.ndarray:
-    idf = np.load(path, allow_pickle=False)
-    if idf.shape != (BUCKETS,):
-        raise ValueError(f"{path}: expected {BUCKETS} IDF values, found shape {idf.shape}")
-    return idf.astype(np.float32)
+def load_buckets(path: Path) -> np.ndarray:
+    """One float32 value per bucket (idf.npy, wide.npy), never unpickling anything."""
+    values = np.load(path, allow_pickle=False)
+    if values.shape != (BUCKETS,):
+        raise ValueError(f"{path}: expected {BUCKETS} values, found shape {values.shape}")
+    return values.astype(np.float32)

@@ -32,11 +32,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, multiprocess
 
-from filterd import metrics, server
+from filterd.service import daemon as server
+from filterd.service import metrics
 from filterd.config import Config, format_address, load_config, split_hostport
 from filterd.errors import ConfigError
-from filterd.notify import Notifier
-from filterd.server import Daemon, pin_restart_keys
+from filterd.service.notify import Notifier
+from filterd.service.daemon import Daemon, pin_restart_keys
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERRO
 
 
 class JournalFormatter(logging.Formatter):
-    """`<6>filterd.server: message`: priority prefix, no timestamp."""
+    """`<6>filterd.service.daemon: message`: priority prefix, no timestamp."""
 
     def format(self, record: logging.LogRecord) -> str:
         priority = _PRIORITY.get(record.levelno, 6)

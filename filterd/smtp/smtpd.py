@@ -27,7 +27,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Session, syntax
 
-from filterd import replies
+from filterd.smtp import replies
 
 log = logging.getLogger(__name__)
 

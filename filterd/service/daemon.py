@@ -1,7 +1,7 @@
 """Lifecycle of `filterd serve`: build the parts, serve, reload on SIGHUP, drain on SIGTERM.
 
 One process (`workers: 1`) runs Daemon.amain() directly. With more workers, a supervisor
-(filterd/supervisor.py) owns the listening socket, systemd's notify socket and the metrics
+(filterd/service/supervisor.py) owns the listening socket, systemd's notify socket and the metrics
 endpoint, and runs this same Daemon in each worker process on the socket it inherits.
 
 Parts are built in dependency order (executor, batcher, relay, handler, listener) and
@@ -23,8 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from typing import Any
 
-from filterd import log as logsetup
-from filterd import metrics, replies
+from filterd.service import log as logsetup
+from filterd.service import metrics
+from filterd.smtp import replies
 from filterd.batcher import Batcher
 from filterd.config import (
     Config,
@@ -35,9 +36,9 @@ from filterd.config import (
     split_hostport,
 )
 from filterd.errors import ConfigError
-from filterd.handler import FilterHandler, smtp_factory
-from filterd.notify import Notifier
-from filterd.relay import Relay
+from filterd.smtp.handler import FilterHandler, smtp_factory
+from filterd.service.notify import Notifier
+from filterd.smtp.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -313,11 +314,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logsetup.set_level(config.log.level)
     if args.worker is not None:
-        from filterd.supervisor import run_worker
+        from filterd.service.supervisor import run_worker
 
         return run_worker(args, config)
     if config.worker_count() > 1:
-        from filterd.supervisor import Supervisor
+        from filterd.service.supervisor import Supervisor
 
         return asyncio.run(Supervisor(args.config, config).amain())
     return asyncio.run(Daemon(args.config, config).amain())

@@ -1,0 +1,1 @@
+"""The service: daemon (listeners, drain, signals, reload), supervisor (workers), notify, metrics, log."""

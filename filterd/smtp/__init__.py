@@ -1,0 +1,1 @@
+"""The SMTP proxy front-end: smtpd (aiosmtpd subclass), handler (hooks), relay (next hop)."""
