@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 step() { echo; echo "== $* ($(date -u +%H:%M:%SZ), load: $(cut -d' ' -f1-3 /proc/loadavg))"; }
-step e2e;      "$PY" -m bench.e2e --targets direct plain plain2 filterd "filterd[workers=1]"
+step e2e;      "$PY" -m bench.e2e --targets direct plain tuned filterd "filterd[workers=1]"
 step model;    "$PY" -m bench.model --seconds 0.5
 step memory;   "$PY" -m bench.memory
 step accuracy; PYTHON="$PY" bench/accuracy.sh

@@ -1,10 +1,11 @@
 """End-to-end bench: smtp-source → (nothing | plain relay | filterd) → smtp-sink, side by side.
 
-    python -m bench.e2e [--sessions 1 16 64] [--messages 3000] [--targets direct plain filterd]
+    python -m bench.e2e [--sessions 1 16 64] [--messages 3000] [--targets direct plain tuned filterd]
 
 For each session count S, the same load goes straight into smtp-sink ("direct"), through
-bench/plain_relay.py ("plain", no scoring) and through `filterd serve` with the shipped config
-and model ("filterd"). The load is Postfix's smtp-source: all sessions but the probes, spread
+bench/plain_relay.py ("plain": one process, a next-hop connection per message, no scoring;
+"tuned": two processes on SO_REUSEPORT, pooled next-hop connections, uvloop) and through
+`filterd serve` with the shipped config and model ("filterd"). The load is Postfix's smtp-source: all sessions but the probes, spread
 over up to four processes, each sending a different ~4 KB corpus message (half ham, half
 spam) over one connection per session (-d, like an MTA's connection cache). smtp-source
 cannot time single messages, so some sessions are our own probes (one; four from 16 sessions
@@ -14,7 +15,9 @@ FROM to the reply to the final dot. At S = 1 the probe is the whole load.
 
 Figures per run: messages/s (all sessions), probe latency p50/p99, and CPU seconds the server
 under test (all its processes) spent per message, which is less noisy than throughput on a
-shared machine. Results go to bench/results/e2e-<time>.json.
+shared machine. At the end each filterd run is set beside the references of the same S: its
+CPU per message over plain's (issue 12: at most 1.3x) and its throughput over tuned's (at
+least 0.8x). Results go to bench/results/e2e-<time>.json.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import collections
 import contextlib
 import os
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -111,21 +115,32 @@ async def measure(name: str, port: int, root: int | None, sessions: int, total: 
                   files: list[Path], messages: list[bytes]) -> dict[str, object]:
     load = os.getloadavg()[0]
     pids = harness.tree(root) if root else []
-    cpu0 = harness.cpu_seconds(pids)
+    cpu0, load0 = harness.cpu_seconds(pids), load_cpu_seconds()
     logged = FILTERD_LOG.stat().st_size if FILTERD_LOG.exists() else 0
     load_figures = await run_load(port, sessions, total, files, messages)
     figures: dict[str, object] = dict(load_figures)
+    sent = load_figures["messages"]
+    cpu, load_cpu = harness.cpu_seconds(pids) - cpu0, load_cpu_seconds() - load0
     if root:
-        cpu = harness.cpu_seconds(pids) - cpu0
-        figures["server_cpu_ms_per_msg"] = round(cpu * 1000 / load_figures["messages"], 3)
+        figures["server_cpu_ms_per_msg"] = round(cpu * 1000 / sent, 3)
+    # Everything the run made work: the server, smtp-source and the probes (the sink is the
+    # same C program for every target and is left out).
+    figures["total_cpu_ms_per_msg"] = round((cpu + load_cpu) * 1000 / sent, 3)
     if name.startswith("filterd"):
         figures["actions"] = actions(logged)
     figures.update(target=name, sessions=sessions, loadavg_1m=load)
     print(f"{name:>10} S={sessions:<3} {figures['msgs_per_s']:>8} msg/s  "
           f"p50 {figures['p50_ms']:>7} ms  p99 {figures['p99_ms']:>7} ms  "
-          f"cpu/msg {figures.get('server_cpu_ms_per_msg', '-')} ms  (load {load:.2f})"
+          f"cpu/msg {figures.get('server_cpu_ms_per_msg', '-')} ms "
+          f"(with load {figures['total_cpu_ms_per_msg']} ms)  (load {load:.2f})"
           f"{'  ' + str(figures['actions']) if 'actions' in figures else ''}", flush=True)
     return figures
+
+
+def load_cpu_seconds() -> float:
+    """User+system CPU of this process (the probes) and of its waited-for children (smtp-source)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def actions(offset: int) -> dict[str, int]:
@@ -134,6 +149,13 @@ def actions(offset: int) -> dict[str, int]:
         log.seek(offset)
         found = re.findall(rb" action=(\w+) ", log.read())
     return dict(collections.Counter(a.decode() for a in found))
+
+
+# The reference relays of issue 12, as bench/plain_relay.py options.
+REFERENCES: dict[str, dict] = {
+    "plain": {"workers": 1, "pool_size": 0, "uvloop": False},
+    "tuned": {"workers": 2, "pool_size": 8, "uvloop": True},
+}
 
 
 def messages_for(sessions: int, base: int) -> int:
@@ -160,20 +182,31 @@ def variant(name: str) -> dict[str, object]:
     return {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in inner.split(",") if kv)}
 
 
+def _ratio(run: dict[str, object], ref: dict[str, object] | None, key: str) -> float | None:
+    if ref is None or key not in run or key not in ref:
+        return None
+    return round(float(run[key]) / float(ref[key]), 2)  # type: ignore[arg-type]
+
+
 def ratios(runs: list[dict[str, object]]) -> list[dict[str, object]]:
-    """filterd against the plain relay, per session count."""
+    """Each filterd run against the references of the same session count."""
     out = []
     by = {(r["target"], r["sessions"]): r for r in runs}
     for (target, sessions), run in by.items():
-        plain = by.get(("plain", sessions))
-        if target == "plain" or plain is None:
+        if not str(target).startswith("filterd"):
             continue
+        plain, tuned = by.get(("plain", sessions)), by.get(("tuned", sessions))
         out.append({"target": target, "sessions": sessions,
-                    "throughput_vs_plain": round(float(run["msgs_per_s"]) / float(plain["msgs_per_s"]), 2),  # type: ignore[arg-type]
-                    "p99_vs_plain": round(float(run["p99_ms"]) / float(plain["p99_ms"]), 2)})  # type: ignore[arg-type]
+                    "cpu_vs_plain": _ratio(run, plain, "server_cpu_ms_per_msg"),
+                    "total_cpu_vs_plain": _ratio(run, plain, "total_cpu_ms_per_msg"),
+                    "throughput_vs_plain": _ratio(run, plain, "msgs_per_s"),
+                    "throughput_vs_tuned": _ratio(run, tuned, "msgs_per_s"),
+                    "p99_vs_plain": _ratio(run, plain, "p99_ms")})
     for r in out:
-        print(f"{r['target']:>10} S={r['sessions']:<3} throughput x{r['throughput_vs_plain']} "
-              f"of plain, p99 x{r['p99_vs_plain']}")
+        print(f"{r['target']:>10} S={r['sessions']:<3} cpu/msg x{r['cpu_vs_plain']} of plain "
+              f"(x{r['total_cpu_vs_plain']} with the load's), "
+              f"throughput x{r['throughput_vs_tuned']} of tuned (x{r['throughput_vs_plain']} "
+              f"of plain), p99 x{r['p99_vs_plain']} of plain")
     return out
 
 
@@ -181,8 +214,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--messages", type=int, default=3000, help="per run (a tenth at S=1)")
-    parser.add_argument("--targets", nargs="+", default=["direct", "plain", "filterd"],
-                        help="direct, plain, plain2 (two workers), filterd, "
+    parser.add_argument("--targets", nargs="+", default=["direct", "plain", "tuned", "filterd"],
+                        help="direct, plain (a connection per message), tuned (two workers, "
+                             "pool, uvloop), filterd, "
                              "filterd[key=value,...] (config overrides for that target)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML",
                         help="filterd config overrides, e.g. workers=2 scoring.max_wait_ms=5")
@@ -212,9 +246,8 @@ async def with_servers(args: argparse.Namespace, overrides: dict[str, object],
         for name in args.targets:
             if name == "direct":
                 targets[name] = (sink, None)
-            elif name.startswith("plain"):
-                workers = int(name[5:] or 1)
-                port, proc = stack.enter_context(harness.plain_relay(sink, workers))
+            elif name in REFERENCES:
+                port, proc = stack.enter_context(harness.plain_relay(sink, **REFERENCES[name]))
                 targets[name] = (port, proc.pid)
             elif name.startswith("filterd"):
                 harness.RESULTS.mkdir(parents=True, exist_ok=True)

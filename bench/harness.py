@@ -87,11 +87,13 @@ def smtp_sink() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def plain_relay(next_hop: int, workers: int = 1) -> Iterator[tuple[int, subprocess.Popen]]:
+def plain_relay(next_hop: int, workers: int = 1, pool_size: int = 8,
+                uvloop: bool = False) -> Iterator[tuple[int, subprocess.Popen]]:
     """bench/plain_relay.py in front of next_hop; yields (port, process)."""
     port = free_port()
     args = [PYTHON, str(REPO / "bench" / "plain_relay.py"), "--listen", f"127.0.0.1:{port}",
-            "--next-hop", f"127.0.0.1:{next_hop}", "--workers", str(workers)]
+            "--next-hop", f"127.0.0.1:{next_hop}", "--workers", str(workers),
+            "--pool-size", str(pool_size)] + (["--uvloop"] if uvloop else [])
     with child(args, port) as proc:
         yield port, proc
 

@@ -1,12 +1,16 @@
-"""The baseline for bench/e2e.py: an SMTP relay that does everything filterd does except scoring.
+"""The baselines for bench/e2e.py: an SMTP relay that does everything filterd does except scoring.
 
-aiosmtpd in, aiosmtplib out, next-hop connections pooled and reused across messages (as
-filterd's relay does: one per message in flight, `relay.pool_size` kept idle per worker),
-optionally several worker processes sharing the listening port with SO_REUSEPORT (as
-filterd's `workers`). The reply to the final
-dot is the next hop's own, so a message is acknowledged only after the next hop took it.
+aiosmtpd in, aiosmtplib out; the reply to the final dot is the next hop's own, so a message
+is acknowledged only after the next hop took it. Two shapes are measured (issue 12):
 
-    python bench/plain_relay.py --listen 127.0.0.1:0 --next-hop 127.0.0.1:10026 [--workers 2]
+* `plain` (the CPU reference): one process, a new next-hop connection per message
+  (`--pool-size 0`), the standard asyncio loop;
+* `tuned` (the throughput reference): next-hop connections pooled and reused across
+  messages (as filterd's relay: one per message in flight, `--pool-size` kept idle),
+  several worker processes on SO_REUSEPORT (`--workers 2`), and uvloop (`--uvloop`).
+
+    python bench/plain_relay.py --listen 127.0.0.1:0 --next-hop 127.0.0.1:10026 \
+        [--workers 2] [--pool-size 8] [--uvloop]
 
 Prints `LISTENING <host>:<port>` on stdout once every worker is serving.
 """
@@ -66,8 +70,16 @@ class Pool:
         if len(self.idle) < self.size:
             self.idle.append(client)
         else:
-            client.close()
+            await _quit(client)
         return f"250 {reply}" if errors == {} else "250 accepted for some recipients"
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    """End a next-hop connection politely: a relay without a pool pays for QUIT every time."""
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()
 
 
 class RelayHandler:
@@ -116,8 +128,15 @@ def main() -> int:
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--next-hop", required=True)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--pool-size", type=int, default=8)
+    parser.add_argument("--pool-size", type=int, default=8,
+                        help="idle next-hop connections kept; 0 = a new connection per message")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop instead of asyncio's loop")
     args = parser.parse_args()
+    run = asyncio.run
+    if args.uvloop:
+        import uvloop
+
+        run = uvloop.run
     host, port = split(args.listen)
     # The first socket fixes the port (0 = ephemeral); each worker binds its own with
     # SO_REUSEPORT so the kernel spreads connections between them, as filterd does.
@@ -130,12 +149,12 @@ def main() -> int:
     for sock in socks[1:]:
         pid = os.fork()
         if pid == 0:
-            asyncio.run(serve(sock, split(args.next_hop), args.pool_size))
+            run(serve(sock, split(args.next_hop), args.pool_size))
             os._exit(0)
         children.append(pid)
     print(f"LISTENING {host}:{port}", flush=True)
     try:
-        asyncio.run(serve(first, split(args.next_hop), args.pool_size))
+        run(serve(first, split(args.next_hop), args.pool_size))
     finally:
         for pid in children:
             os.kill(pid, signal.SIGTERM)

@@ -33,7 +33,7 @@ AREAS = (
     ("text pipeline", ("text.py", "features.py", "vocab.py")),
     ("scorer glue", ("scorer.py", "batcher.py")),
     ("relay (aiosmtplib)", ("aiosmtplib", "relay.py")),
-    ("handler/headers", ("handler.py", "headers.py")),
+    ("handler/headers", ("handler.py", "verdict.py")),
     ("SMTP server (aiosmtpd)", ("aiosmtpd", "smtpd.py")),
     ("logging/metrics", ("logging/", "prometheus_client")),
     ("event loop", ("asyncio",)),

@@ -38,11 +38,13 @@ def e2e(data: dict) -> str:
     ratio = {(r["target"], r["sessions"]): r for r in data.get("ratios", [])}
     rows = [[r["sessions"], r["target"], r["msgs_per_s"], r["p50_ms"], r["p99_ms"],
              r.get("server_cpu_ms_per_msg", "–"),
-             ratio.get((r["target"], r["sessions"]), {}).get("throughput_vs_plain", "–"),
+             ratio.get((r["target"], r["sessions"]), {}).get("cpu_vs_plain", "–"),
+             ratio.get((r["target"], r["sessions"]), {}).get("throughput_vs_tuned", "–"),
              round(r["loadavg_1m"], 1)]
             for r in sorted(data["runs"], key=lambda r: r["sessions"])]
     return header(data) + table(rows, ["sessions", "target", "msg/s", "p50 ms", "p99 ms",
-                                       "server CPU ms/msg", "× plain", "load"])
+                                       "server CPU ms/msg", "CPU × plain", "msg/s × tuned",
+                                       "load"])
 
 
 def model(data: dict) -> str:
