@@ -5,13 +5,14 @@
 For each session count S, the same load goes straight into smtp-sink ("direct"), through
 bench/plain_relay.py ("plain": one process, a next-hop connection per message, no scoring;
 "tuned": two processes on SO_REUSEPORT, pooled next-hop connections, uvloop) and through
-`filterd serve` with the shipped config and model ("filterd"). The load is Postfix's smtp-source: all sessions but the probes, spread
-over up to four processes, each sending a different ~4 KB corpus message (half ham, half
-spam) over one connection per session (-d, like an MTA's connection cache). smtp-source
-cannot time single messages, so some sessions are our own probes (one; four from 16 sessions
-on, so that every worker process is sampled): aiosmtplib clients that send corpus messages
-one after another over one connection while the load runs and time each transaction, MAIL
-FROM to the reply to the final dot. At S = 1 the probe is the whole load.
+`filterd serve` with the shipped config and model ("filterd"). The load is Postfix's smtp-
+source: all sessions but the probes, spread over up to four processes, each sending a
+different ~4 KB corpus message (half ham, half spam) over one connection per session (-d,
+like an MTA's connection cache). smtp-source cannot time single messages, so some sessions
+are our own probes (one; four from 16 sessions on, so that every worker process is sampled):
+aiosmtplib clients that send corpus messages one after another over one connection while the
+load runs and time each transaction, MAIL FROM to the reply to the final dot. At S = 1 the
+probe is the whole load.
 
 Figures per run: messages/s (all sessions), probe latency p50/p99, and CPU seconds the server
 under test (all its processes) spent per message, which is less noisy than throughput on a
