@@ -2,7 +2,7 @@
 
 Each `score(raw)` call joins a pending batch. A batch is handed to the executor when it
 is full (`max_batch`), when it has waited `max_wait_ms`, or as soon as a worker frees up
-while messages are waiting. So under light load a message waits at most `max_wait_ms`,
+while messages are waiting (one batch runs at a time). So under light load a message waits at most `max_wait_ms`,
 and under heavy load batches grow by themselves while the previous one runs: the GPU (or
 the CPU's vector units) sees big batches exactly when it matters.
 
@@ -26,15 +26,14 @@ class Batcher:
     """`await batcher.score(raw)` → spam probability; batches go to `executor`."""
 
     def __init__(self, scorer: Any, max_batch: int = 32, max_wait_ms: float = 2.0,
-                 executor: Executor | None = None, *, concurrency: int = 1) -> None:
+                 executor: Executor | None = None) -> None:
         self.scorer = scorer
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.executor = executor
-        self.concurrency = max(1, concurrency)   # batches in the executor at once
         self._pending: list[tuple[bytes, asyncio.Future[float]]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._running = 0
+        self._running = False   # one batch in the executor at a time; the next one grows meanwhile
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -55,7 +54,7 @@ class Batcher:
         self._loop = loop
         fut: asyncio.Future[float] = loop.create_future()
         self._pending.append((raw, fut))
-        if self._running < self.concurrency:
+        if not self._running:
             if len(self._pending) >= self.max_batch or self.max_wait == 0:
                 self._flush()
             elif self._timer is None:
@@ -68,11 +67,11 @@ class Batcher:
             self._timer = None
         # Messages whose session gave up (timeout, disconnect) are not scored.
         self._pending = [(raw, fut) for raw, fut in self._pending if not fut.done()]
-        if not self._pending or self._running >= self.concurrency:
+        if not self._pending or self._running:
             return
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
         assert self._loop is not None
-        self._running += 1
+        self._running = True
         job = self._loop.run_in_executor(self.executor, self._run, [raw for raw, _ in batch])
         job.add_done_callback(lambda done: self._done(done, [fut for _, fut in batch]))
 
@@ -82,7 +81,7 @@ class Batcher:
         return list(self.scorer.infer(prepared))
 
     def _done(self, job: asyncio.Future[list[float]], futures: list[asyncio.Future[float]]) -> None:
-        self._running -= 1
+        self._running = False
         metrics.BATCH_SIZE.observe(len(futures))
         error = job.exception() if not job.cancelled() else asyncio.CancelledError()
         for i, fut in enumerate(futures):

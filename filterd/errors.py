@@ -1,4 +1,8 @@
-"""The small exception hierarchy every filterd module raises from."""
+"""The small exception hierarchy every filterd module raises from.
+
+There is no RelayError: next-hop trouble is never raised past relay.py, it becomes the
+451 reply the MTA retries on (relay.Transaction returns replies, it does not raise).
+"""
 
 
 class FilterdError(Exception):
@@ -11,7 +15,3 @@ class ConfigError(FilterdError):
 
 class ModelError(FilterdError):
     """The model artifact is missing, corrupt, or cannot be run."""
-
-
-class RelayError(FilterdError):
-    """The next hop did not accept a message."""

@@ -18,7 +18,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from filterd.config import Config, format_address, load_config, split_hostport
+from filterd.config import Config, load_config
+from filterd.hostport import format_address, split_hostport
 from filterd.errors import ConfigError
 from tests.fixtures.lifecycle import REPO, copy_model, corrupt_model, shipped_model
 

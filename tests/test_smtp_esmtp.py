@@ -14,7 +14,7 @@ import pytest
 
 from filterd.smtp import replies
 from tests.fixtures.smtp import InProcessFilterd, wait_until
-from tests.test_smtp_proxy import code, ours_and_rest, raw, said, talk
+from tests.fixtures.clients import code, ours_and_rest, raw, reply_of, said, talk
 
 SENDER = "sender@example.org"
 MESSAGE = b"Subject: hello\r\n\r\nA short message.\r\n"
@@ -42,15 +42,14 @@ def test_size_is_enforced(make_filterd: Any, sink: Any) -> None:
         client.ehlo()
         assert client.esmtp_features["size"] == "4096"
         # Declared too big: refused at MAIL (RFC 1870).
-        assert client.mail(SENDER, ["SIZE=10000"]) == (552, replies.S552_SIZE_DECLARED[4:].encode())
+        assert reply_of(client.mail(SENDER, ["SIZE=10000"])) == replies.S552_SIZE_DECLARED
         client.rset()
         # Not declared, but too big: refused after the data (aiosmtpd reads it all first).
         assert client.mail(SENDER)[0] == 250
         assert client.rcpt("r@example.org")[0] == 250
-        assert client.data(MESSAGE + b"x" * 5000 + b"\r\n") == (
-            552, replies.S552_TOO_MUCH_DATA[4:].encode())
+        assert reply_of(client.data(MESSAGE + b"x" * 5000 + b"\r\n")) == replies.S552_TOO_MUCH_DATA
         # The next-hop transaction is reset too (just after the reply, hence the wait).
-        wait_until(lambda: fd.handler.in_flight == 0, 10, "the transaction to end")
+        wait_until(lambda: fd.gate.in_flight == 0, 10, "the transaction to end")
         assert client.sendmail(SENDER, ["r@example.org"], MESSAGE) == {}
     assert len(sink.wait_for(1)) == 1
 
@@ -93,7 +92,7 @@ def test_pipelined_transactions_with_rset_in_one_connection(filterd: Any, sink: 
     assert [ours_and_rest(r.data)[1] for r in received] == [
         b"Subject: 1\r\n\r\none\r\n", b"Subject: 2\r\n\r\ntwo\r\n", b"Subject: 3\r\n\r\nthree\r\n"]
     assert all(r.mail_from == "a@example.org" for r in received)
-    wait_until(lambda: filterd.handler.in_flight == 0, 10, "no open transaction")
+    wait_until(lambda: filterd.gate.in_flight == 0, 10, "no open transaction")
 
 
 def test_recipient_limit_gives_452(make_filterd: Any, sink: Any) -> None:
@@ -101,7 +100,8 @@ def test_recipient_limit_gives_452(make_filterd: Any, sink: Any) -> None:
     rcpts = [f"r{i}@example.org" for i in range(5)]
     with smtplib.SMTP(fd.host, fd.port) as client:
         refused = client.sendmail(SENDER, rcpts, MESSAGE)
-    assert refused == {r: (452, replies.S452_TOO_MANY_RECIPIENTS[4:].encode()) for r in rcpts[3:]}
+    assert {r: reply_of(got) for r, got in refused.items()} == {
+        r: replies.S452_TOO_MANY_RECIPIENTS for r in rcpts[3:]}
     assert sink.wait_for(1)[0].rcpt_tos == rcpts[:3]
 
 
@@ -130,14 +130,13 @@ def test_xforward_from_untrusted_clients_is_refused(make_filterd: Any) -> None:
     with smtplib.SMTP(fd.host, fd.port) as client:
         client.ehlo()
         assert not client.has_extn("xforward")
-        assert client.docmd("XFORWARD", "ADDR=10.0.0.1") == (
-            550, replies.S550_XFORWARD_DENIED[4:].encode())
+        assert reply_of(client.docmd("XFORWARD", "ADDR=10.0.0.1")) == replies.S550_XFORWARD_DENIED
 
 
 def test_clients_outside_allowed_networks_get_554(make_filterd: Any, sink: Any) -> None:
     fd = make_filterd(allowed_networks=["192.0.2.0/24"])
     with raw(fd.port) as (_, reader):
-        assert reader.readline().decode().rstrip() == replies.S554_ACCESS_DENIED
+        assert reader.readline().decode().rstrip() == str(replies.S554_ACCESS_DENIED)
         assert reader.readline() == b""   # and the connection is closed
     assert sink.connections == 0
 
@@ -148,11 +147,11 @@ def test_connection_limit_gives_421(make_filterd: Any) -> None:
     try:
         with raw(fd.port) as (_, reader):
             line = reader.readline().decode().rstrip()
-        assert line == replies.S421_TOO_MANY_CONNECTIONS
+        assert line == str(replies.S421_TOO_MANY_CONNECTIONS)
     finally:
         for client in held:
             client.quit()
-    wait_until(lambda: fd.handler.sessions == 0, 10, "sessions to close")
+    wait_until(lambda: fd.gate.sessions == 0, 10, "sessions to close")
     with smtplib.SMTP(fd.host, fd.port) as client:    # the slots are free again
         assert client.noop()[0] == 250
 
@@ -161,8 +160,8 @@ def test_idle_clients_get_421_and_free_their_slot(make_filterd: Any) -> None:
     fd = make_filterd(timeouts={"idle": 0.5}, max_connections=1)
     with raw(fd.port) as (_, reader):
         assert reader.readline().startswith(b"220")
-        assert reader.readline().decode().rstrip() == replies.S421_IDLE_TIMEOUT
-    wait_until(lambda: fd.handler.sessions == 0, 10, "the idle session to close")
+        assert reader.readline().decode().rstrip() == str(replies.S421_IDLE_TIMEOUT)
+    wait_until(lambda: fd.gate.sessions == 0, 10, "the idle session to close")
     with smtplib.SMTP(fd.host, fd.port) as client:
         assert client.noop()[0] == 250
 
@@ -173,8 +172,8 @@ def test_client_vanishing_mid_data_leaves_the_daemon_healthy(filterd: Any, sink:
             reader.readline()
             sock.sendall(b"EHLO t\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n" + cut)
             time.sleep(0.2)
-    wait_until(lambda: filterd.handler.sessions == 0, 10, "sessions to close")
-    assert filterd.handler.in_flight == 0
+    wait_until(lambda: filterd.gate.sessions == 0, 10, "sessions to close")
+    assert filterd.gate.in_flight == 0
     with smtplib.SMTP(filterd.host, filterd.port) as client:
         assert client.sendmail(SENDER, ["r@example.org"], MESSAGE) == {}
     assert len(sink.wait_for(1)) == 1
@@ -228,7 +227,7 @@ def test_scoring_failure(make_filterd: Any, sink: Any, scorer: Any, on_error: st
                 ours, rest = ours_and_rest(sink.wait_for(1)[0].data)
                 assert ours == {"X-Spam-Flag": "NO", "X-Spam-Status": "Unknown"}
                 assert rest == MESSAGE
-        assert broken.handler.in_flight == 0
+        assert broken.gate.in_flight == 0
     finally:
         broken.stop()
     assert sink.received == [] if on_error == "tempfail" else len(sink.received) == 1
@@ -292,7 +291,7 @@ def test_slow_scoring_is_cut_off_at_the_scoring_timeout(make_filterd: Any, sink:
             client.rcpt("r@example.org")
             reply = client.data(MESSAGE)
         if on_error == "tempfail":
-            assert reply == (451, replies.S451_SCORING_FAILED[4:].encode())
+            assert reply_of(reply) == replies.S451_SCORING_FAILED
             assert sink.received == []
         else:
             assert reply[0] == 250

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from filterd.batcher import Batcher
 from filterd.verdict import Verdict, format_score, header_end, render, tag
 from filterd.smtp.relay import stuff
-from tests.test_smtp_proxy import ours_and_rest
+from tests.fixtures.clients import ours_and_rest
 
 SPAMMY = Verdict("Yes", 0.9731, 0.4, 0.95, "m-1")
 
@@ -174,7 +174,7 @@ def test_the_real_daemon_relays_and_tags(filterd_serve: Any, sink: Any) -> None:
     ("/run/filterd.sock", False, False),               # a UNIX socket: never an IP network
 ])
 def test_peer_network_membership(peer: Any, allowed: bool, trusted: bool) -> None:
-    from filterd.smtp.handler import _address, _in, _networks
+    from filterd.smtp.gate import _address, _in, _networks
 
     address = _address(peer)
     assert _in(address, _networks(["127.0.0.0/8", "192.0.2.0/24"])) is allowed

@@ -7,86 +7,22 @@ misbehave (tests/fixtures/smtp.py).
 from __future__ import annotations
 
 import smtplib
-import socket
-import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 
 from filterd.smtp import replies
+from filterd.smtp.replies import Reply
+from tests.fixtures.clients import code, corpus_sample, ours_and_rest, said, talk
 
 SENDER = "sender@example.org"
-
-
-def crlf(raw: bytes) -> bytes:
-    """A corpus file (LF line ends) as it travels in SMTP DATA."""
-    data = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
-
-
-def corpus_sample(corpus_dir: Path, tarball: str, count: int) -> list[bytes]:
-    out = []
-    with tarfile.open(corpus_dir / tarball, "r:bz2") as tar:
-        for member in tar:
-            if member.isfile() and not member.name.endswith("cmds"):
-                extracted = tar.extractfile(member)
-                assert extracted is not None
-                out.append(crlf(extracted.read()))
-                if len(out) == count:
-                    break
-    return out
 
 
 @pytest.fixture(scope="module")
 def ham_and_spam(corpus_dir: Path) -> tuple[list[bytes], list[bytes]]:
     return (corpus_sample(corpus_dir, "20030228_easy_ham.tar.bz2", 10),
             corpus_sample(corpus_dir, "20030228_spam.tar.bz2", 10))
-
-
-def ours_and_rest(data: bytes) -> tuple[dict[str, str], bytes]:
-    """Split what the sink got into our three prepended headers and the original message."""
-    ours: dict[str, str] = {}
-    while data.startswith((b"X-Spam-Flag:", b"X-Spam-Score:", b"X-Spam-Status:")):
-        line, data = data.split(b"\r\n", 1)
-        name, _, value = line.decode("ascii").partition(": ")
-        ours[name] = value
-    return ours, data
-
-
-@contextmanager
-def raw(port: int, timeout: float = 30) -> Iterator[tuple[socket.socket, BinaryIO]]:
-    """A plain socket to filterd and a line reader on it; both closed on exit."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock, \
-            sock.makefile("rb") as reader:
-        yield sock, reader
-
-
-def talk(port: int, script: bytes, expect: int, timeout: float = 30) -> list[str]:
-    """Send raw bytes after the greeting and collect `expect` reply lines (final lines only)."""
-    with raw(port, timeout) as (sock, reader):
-        assert reader.readline().startswith(b"220")
-        sock.sendall(script)
-        got: list[str] = []
-        while len(got) < expect:
-            line = reader.readline()
-            if not line:
-                break
-            if line[3:4] != b"-":
-                got.append(line.decode("utf-8", "replace").rstrip("\r\n"))
-        return got
-
-
-def code(reply: str) -> int:
-    return int(reply[:3])
-
-
-def said(error: smtplib.SMTPResponseException) -> str:
-    """The reply behind an smtplib exception, as one string ("451 4.4.1 ...")."""
-    text = error.smtp_error
-    return f"{error.smtp_code} {text.decode() if isinstance(text, bytes) else text}"
 
 
 # --------------------------------------------------------------------------- tagging
@@ -202,7 +138,7 @@ def test_next_hop_down_gives_451(make_filterd: Any, sink: Any) -> None:
             pytest.raises(smtplib.SMTPSenderRefused) as refused:
         client.sendmail(SENDER, ["r@example.org"], b"Subject: x\r\n\r\ny\r\n")
     assert said(refused.value) == replies.S451_NEXT_HOP_UNREACHABLE
-    assert fd.handler.in_flight == 0
+    assert fd.gate.in_flight == 0
 
 
 def test_slow_next_hop_gives_451_within_the_timeout(make_filterd: Any, sink: Any) -> None:
@@ -214,10 +150,10 @@ def test_slow_next_hop_gives_451_within_the_timeout(make_filterd: Any, sink: Any
     assert said(refused.value) == replies.S451_NEXT_HOP_TIMEOUT
 
 
-@pytest.mark.parametrize("reply", ["452 4.3.1 Insufficient system storage",
-                                   "554 5.7.1 Content refused"])
-def test_next_hop_data_replies_are_passed_on(make_filterd: Any, sink: Any, reply: str) -> None:
-    sink.behave(data=reply)
+@pytest.mark.parametrize("reply", [Reply(452, "4.3.1 Insufficient system storage"),
+                                   Reply(554, "5.7.1 Content refused")])
+def test_next_hop_data_replies_are_passed_on(make_filterd: Any, sink: Any, reply: Reply) -> None:
+    sink.behave(data=str(reply))
     fd = make_filterd()
     with smtplib.SMTP(fd.host, fd.port) as client:
         with pytest.raises(smtplib.SMTPDataError) as refused:

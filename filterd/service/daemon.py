@@ -30,22 +30,23 @@ from filterd.batcher import Batcher
 from filterd.config import (
     Config,
     describe,
-    format_address,
     load_config,
     load_scorer,
-    split_hostport,
 )
 from filterd.errors import ConfigError
-from filterd.smtp.handler import FilterHandler, smtp_factory
+from filterd.hostport import format_address, split_hostport
 from filterd.service.notify import Notifier
+from filterd.smtp.gate import Gate
+from filterd.smtp.handler import FilterHandler
 from filterd.smtp.relay import Relay
+from filterd.smtp.smtpd import smtp_factory
 
 log = logging.getLogger(__name__)
 
 # Keys read once when a part is built; a reload keeps their old values and says so.
 RESTART_KEYS = ("listen", "workers", "metrics", "next_hop", "relay",
                 "timeouts.next_hop_connect", "timeouts.next_hop")
-_SHUTDOWN_LINE = replies.S421_SHUTTING_DOWN.encode("ascii") + b"\r\n"
+_SHUTDOWN_LINE = replies.S421_SHUTTING_DOWN.line()
 
 
 def _get(config: Config, key: str) -> Any:
@@ -108,6 +109,7 @@ class Daemon:
         self.reload_lock = asyncio.Lock()
         self.address = ""
         self.handler: FilterHandler | None = None
+        self.gate = Gate(config)
         self.factory: Callable[[], Any] = lambda: None
         self.batcher: Any = None
         self.executor: ThreadPoolExecutor | None = None
@@ -130,10 +132,11 @@ class Daemon:
             stack.callback(self.executor.shutdown, wait=False, cancel_futures=True)
             self.batcher = await self._start_batcher(self.config, scorer)
             stack.push_async_callback(lambda: self.batcher.stop())
-            relay = await self._start_relay(stack)
+            relay = Relay(self.config)   # connects on demand; stop() closes the pooled ones
+            stack.push_async_callback(relay.stop)
             self.handler = FilterHandler(self.config, self.batcher, relay)
             try:
-                server = await self._listen(smtp_factory(self.config, self.handler))
+                server = await self._listen(smtp_factory(self.config, self.handler, self.gate))
             except OSError as exc:
                 self.report("failed", f"cannot listen on {self.config.listen}: {exc}")
                 return 1
@@ -149,12 +152,6 @@ class Daemon:
                           self.executor)
         await batcher.start()
         return batcher
-
-    async def _start_relay(self, stack: AsyncExitStack) -> Any:
-        relay = Relay(self.config)
-        await relay.start()
-        stack.push_async_callback(relay.stop)
-        return relay
 
     async def _listen(self, factory: Callable[[], Any]) -> asyncio.Server:
         self.factory = factory   # replaced on reload: greeting name, size limit, idle timeout
@@ -255,7 +252,8 @@ class Daemon:
             assert self.handler is not None   # reload() runs only once serving
             old, in_flight = self.batcher, self._transactions()
             self.handler.reconfigure(config, batcher)
-            self.factory = smtp_factory(config, self.handler)
+            self.gate.reconfigure(config)
+            self.factory = smtp_factory(config, self.handler, self.gate)
             self.config, self.batcher = config, batcher
             logsetup.set_level(config.log.level)
             self.report("reloaded", f"{scorer.version}\t{scorer.provider}")

@@ -1,4 +1,4 @@
-"""Prometheus metrics. Every name starts with `filterd_`; the endpoint is started by server.py."""
+"""Prometheus metrics. Every name starts with `filterd_`; the endpoint is started by the daemon or supervisor."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from prometheus_client import (
     Info,
     start_http_server,
 )
+
+from filterd.hostport import format_address, split_hostport
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,6 @@ def serve(address: str | None, registry: CollectorRegistry = REGISTRY) -> Callab
     """
     if address is None:
         return lambda: None
-    from filterd.config import format_address, split_hostport
-
     host, port = split_hostport(address)
     try:
         server, thread = start_http_server(port, host, registry=registry)

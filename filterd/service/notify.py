@@ -47,6 +47,3 @@ class Notifier:
 
     def stopping(self) -> bool:
         return self.send("STOPPING=1")
-
-    def status(self, text: str) -> bool:
-        return self.send(f"STATUS={text}")

@@ -34,7 +34,8 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from filterd.service import daemon as server
 from filterd.service import metrics
-from filterd.config import Config, format_address, load_config, split_hostport
+from filterd.config import Config, load_config
+from filterd.hostport import format_address, split_hostport
 from filterd.errors import ConfigError
 from filterd.service.notify import Notifier
 from filterd.service.daemon import Daemon, pin_restart_keys

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiosmtplib
 
 from filterd.service import metrics
 from filterd.smtp import replies
-from filterd.config import split_hostport
+from filterd.smtp.replies import Reply
+from filterd.hostport import split_hostport
 from filterd.smtp.smtpd import greeting_name
 
 log = logging.getLogger(__name__)
@@ -35,20 +36,6 @@ _XFORWARD_LINE = 400     # bytes of attributes per XFORWARD command (Postfix kee
 # MAIL/RCPT parameters and the EHLO keyword the next hop must show before we pass them on.
 _NEEDS = {"SIZE": "size", "BODY": "8bitmime", "SMTPUTF8": "smtputf8", "RET": "dsn",
           "ENVID": "dsn", "NOTIFY": "dsn", "ORCPT": "dsn"}
-
-
-class Reply(NamedTuple):
-    code: int
-    text: str
-
-    def __str__(self) -> str:
-        lines = _printable(self.text).split("\n")
-        head = [f"{self.code}-{line}" for line in lines[:-1]]
-        return "\r\n".join([*head, f"{self.code} {lines[-1]}"])
-
-
-def _printable(text: str) -> str:
-    return "".join(c if " " <= c <= "~" or c == "\n" else "?" for c in text)
 
 
 def _addr(address: str) -> bytes:
@@ -68,9 +55,6 @@ class Relay:
         self.pool_size = int(config.relay.pool_size)
         self.helo_name = greeting_name(config)
         self._idle: list[tuple[float, aiosmtplib.SMTP]] = []
-
-    async def start(self) -> None:
-        """Nothing to do up front: connections are made on demand and then reused."""
 
     async def stop(self) -> None:
         idle, self._idle = self._idle, []
@@ -116,10 +100,10 @@ class Transaction:
         self.relay = relay
         self.xforward = xforward
         self.smtp: aiosmtplib.SMTP | None = None
-        self.failed: str | None = None
+        self.failed: Reply | None = None
         self._stale_ok = False   # a pooled connection may have been closed by the next hop
 
-    async def mail(self, sender: str, params: list[str]) -> str:
+    async def mail(self, sender: str, params: list[str]) -> Reply:
         for attempt in (1, 2):
             reused = await self._connect()
             if self.smtp is None:
@@ -128,21 +112,21 @@ class Transaction:
             reply = await self._command(b"MAIL", b"FROM:" + _addr(sender), *self._params(params))
             self._stale_ok = False
             # A pooled connection the next hop closed while idle: retry once on a fresh one.
-            if reused and attempt == 1 and self.failed == replies.S451_NEXT_HOP_LOST:
+            if reused and attempt == 1 and self.failed is replies.S451_NEXT_HOP_LOST:
                 self.failed = None
                 continue
             break
-        if not reply.startswith("2"):
+        if not reply.positive:
             self.close()
         return reply
 
-    async def rcpt(self, recipient: str, params: list[str]) -> str:
+    async def rcpt(self, recipient: str, params: list[str]) -> Reply:
         return await self._command(b"RCPT", b"TO:" + _addr(recipient), *self._params(params))
 
-    async def data(self, message: bytes) -> str:
+    async def data(self, message: bytes) -> Reply:
         """DATA, the dot-stuffed message, the final dot; then the connection goes back to the pool."""
         reply = await self._command(b"DATA")
-        if self.failed or not reply.startswith("3"):
+        if self.failed or not reply.intermediate:
             self.close()
             return self.failed or reply
         assert self.smtp is not None and self.smtp.protocol is not None
@@ -166,7 +150,7 @@ class Transaction:
         if self.smtp is None:
             return
         reply = await self._command(b"RSET")
-        if reply.startswith("2") and not self.failed:
+        if reply.positive and not self.failed:
             smtp, self.smtp = self.smtp, None
             self.relay._release(smtp)
         else:
@@ -221,7 +205,7 @@ class Transaction:
             out.append(param.encode("utf-8", "surrogateescape"))
         return out
 
-    async def _command(self, *args: bytes) -> str:
+    async def _command(self, *args: bytes) -> Reply:
         if self.failed or self.smtp is None:
             return self.failed or replies.S451_NEXT_HOP_LOST
         try:
@@ -232,14 +216,14 @@ class Transaction:
             return self.failed or replies.S451_NEXT_HOP_LOST
         return self._reply(response)
 
-    def _finish(self, response: aiosmtplib.SMTPResponse) -> str:
+    def _finish(self, response: aiosmtplib.SMTPResponse) -> Reply:
         reply = self._reply(response)
         if self.smtp is not None and not self.failed:
             smtp, self.smtp = self.smtp, None
             self.relay._release(smtp)
         return reply
 
-    def _reply(self, response: aiosmtplib.SMTPResponse) -> str:
+    def _reply(self, response: aiosmtplib.SMTPResponse) -> Reply:
         """The next hop's reply as ours; a 421 means it is closing, which for us is a 451."""
         if response.code == 421:
             metrics.NEXT_HOP_ERRORS.labels("tempfail").inc()
@@ -250,7 +234,7 @@ class Transaction:
             metrics.NEXT_HOP_ERRORS.labels("tempfail").inc()
         elif response.code >= 500:
             metrics.NEXT_HOP_ERRORS.labels("permfail").inc()
-        return str(Reply(response.code, response.message))
+        return Reply(response.code, response.message)
 
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
@@ -259,7 +243,7 @@ class Transaction:
             kind, self.failed = "protocol", replies.S451_NEXT_HOP_LOST
         else:
             kind, self.failed = "protocol", replies.S451_NEXT_HOP_INVALID
-        if self._stale_ok and self.failed == replies.S451_NEXT_HOP_LOST:
+        if self._stale_ok and self.failed is replies.S451_NEXT_HOP_LOST:
             log.info("next hop closed an idle pooled connection; reconnecting")
             return
         metrics.NEXT_HOP_ERRORS.labels(kind).inc()

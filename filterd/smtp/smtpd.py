@@ -1,6 +1,11 @@
 """The aiosmtpd `SMTP` protocol, adjusted to what Postfix expects of a content filter.
 
-aiosmtpd owns the protocol; this subclass only fills four gaps, each small:
+aiosmtpd owns the protocol; this subclass only fills the gaps below, each small. Where
+aiosmtpd has no hook for what we need, we override its method and say so ("aiosmtpd has
+no hook"): `_create_session`, `_handle_client` (before the greeting), `connection_lost`,
+`_timeout_cb` and `_getaddr` are aiosmtpd internals, pinned by the version in
+pyproject.toml and covered by the end-to-end tests. The handler sees only aiosmtpd hooks;
+connection-level rules live in gate.py, which this class calls.
 
 * XFORWARD (Postfix XFORWARD_README) is a command aiosmtpd does not know;
 * DSN parameters (RFC 3461: RET, ENVID on MAIL; NOTIFY, ORCPT on RCPT) would be refused
@@ -28,13 +33,12 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Session, syntax
 
 from filterd.smtp import replies
+from filterd.smtp.gate import Gate
 
 log = logging.getLogger(__name__)
 
 _MAIL_EXTRA = frozenset({"RET", "ENVID"})
 _RCPT_EXTRA = frozenset({"NOTIFY", "ORCPT"})
-XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
-_XFORWARD_ITEM = re.compile(r"^([A-Za-z]+)=(\S*)$")
 # RFC 5321 4.1.2: Path = "<" [ A-d-l ":" ] Mailbox ">"; the source route is dropped (C.2).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PATH = re.compile(r"\s*<(?:@[^<>:]*:)?([^<>]*)>(.*)\Z", re.DOTALL)
@@ -47,42 +51,56 @@ class FilterSession(Session):
         super().__init__(loop)
         self.id = ""
         self.admitted = False
-        self.address: Any = None      # the peer's IP address (handler.admit), None if not IP
+        self.address: Any = None      # the peer's IP address (Gate.admit), None if not IP
         self.xforward: dict[str, str] = {}
         self.client = ""              # the original client (XFORWARD ADDR) or our peer
         self.txn: Any = None          # relay.Transaction while a mail transaction is open
         self.state: Any = None        # handler state (config, batcher, policy) of that transaction
+
+    def end_transaction(self) -> Any:
+        """Forget the open transaction and return its relay.Transaction (None if there was none)."""
+        txn, self.txn, self.state = self.txn, None, None
+        return txn
 
 
 class FilterSMTP(SMTP):
     line_length_limit = 1 << 20
     command_size_limit = 2048     # RFC 3461 parameters make RCPT lines longer than 512
 
-    def __init__(self, handler: Any, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, gate: Gate, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self.gate = gate              # the hooks reach it as server.gate
         # aiosmtpd keeps this dict on the class; give each connection its own.
         self.command_size_limits = collections.defaultdict(lambda: FilterSMTP.command_size_limit)
         self.extra_params: list[str] = []
 
     def _create_session(self) -> Session:
+        """aiosmtpd has no hook: the factory method it documents for a Session subclass."""
         return FilterSession(self.loop)
 
     async def _handle_client(self) -> None:
-        refusal = self.event_handler.admit(self.session)
+        """aiosmtpd has no hook before the greeting: refuse here (RFC 5321 3.1) or go on."""
+        refusal = self.gate.admit(self.session)
         if refusal:
-            await self.push(refusal)
+            await self.push(str(refusal))
             assert self.transport is not None
             self.transport.close()
             return
         await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
+        """aiosmtpd has no hook: the client vanished, so drop (never reuse) its next-hop connection."""
         super().connection_lost(error)
-        self.event_handler.session_closed(self.session)
+        session: Any = self.session
+        self.gate.release(session)
+        txn = session.end_transaction()
+        if txn is not None:
+            txn.close()
 
     def _timeout_cb(self) -> None:
+        """aiosmtpd has no hook and closes silently; RFC 5321 4.2 wants a 421 first."""
         if self.transport is not None and not self.transport.is_closing():
-            self._writer.write(replies.S421_IDLE_TIMEOUT.encode("ascii") + b"\r\n")
+            self._writer.write(replies.S421_IDLE_TIMEOUT.line())
         super()._timeout_cb()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
@@ -106,14 +124,16 @@ class FilterSMTP(SMTP):
     async def smtp_DATA(self, arg: str | None) -> None:
         await super().smtp_DATA(arg)
         # aiosmtpd answered 552 or 500 itself (too much data, line too long) and reset the
-        # envelope without calling handle_DATA: close our next-hop transaction too.
+        # envelope without calling handle_DATA (aiosmtpd has no hook for that): RSET our
+        # next-hop transaction too.
         session: Any = self.session
         if session.txn is not None and self.envelope is not None and not self.envelope.mail_from:
-            await self.event_handler.abort(session)
+            await session.end_transaction().abort()
 
     @syntax("XFORWARD attribute=value ...")
     async def smtp_XFORWARD(self, arg: str | None) -> None:
-        await self.push(self.event_handler.xforward(self.session, self.envelope, arg or ""))
+        """A command aiosmtpd does not know: an smtp_* method is its documented extension point."""
+        await self.push(str(self.gate.xforward(self.session, self.envelope, arg or "")))
 
 
 def _take_params(arg: str | None, names: frozenset[str]) -> tuple[str | None, list[str]]:
@@ -129,29 +149,19 @@ def _take_params(arg: str | None, names: frozenset[str]) -> tuple[str | None, li
     return " ".join([head, *kept]), taken
 
 
-def parse_xforward(arg: str) -> dict[str, str] | None:
-    """"NAME=x ADDR=y" → {"NAME": "x", "ADDR": "y"}; None on bad syntax or unknown names."""
-    items: dict[str, str] = {}
-    for word in arg.split():
-        match = _XFORWARD_ITEM.match(word)
-        if not match or match.group(1).upper() not in XFORWARD_ATTRS:
-            return None
-        items[match.group(1).upper()] = match.group(2)
-    return items or None
-
-
 def greeting_name(config: Any) -> str:
     """Our name in the greeting; Postfix refuses a filter that greets with its own name."""
     return config.hostname or f"filterd.{socket.getfqdn()}"
 
 
-def smtp_factory(config: Any, handler: Any) -> Callable[[], FilterSMTP]:
-    """The protocol factory server.py passes to `loop.create_server`."""
+def smtp_factory(config: Any, handler: Any, gate: Gate) -> Callable[[], FilterSMTP]:
+    """The protocol factory the daemon passes to `loop.create_server`."""
     hostname = greeting_name(config)   # looked up once: getfqdn may ask DNS
 
     def factory() -> FilterSMTP:
         return FilterSMTP(
             handler,
+            gate,
             data_size_limit=int(config.max_message_size),
             enable_SMTPUTF8=True,        # advertised with 8BITMIME (RFC 6531)
             decode_data=False,           # bytes untouched; also makes aiosmtpd offer 8BITMIME

@@ -1,0 +1,120 @@
+"""Who may connect, and whose XFORWARD we believe: the connection-level rules of the proxy.
+
+aiosmtpd has no hook before the greeting, none when a connection is lost and none for a
+command it does not know, so smtpd.FilterSMTP calls the Gate from its overrides of those
+places (see smtpd.py): `admit` before the greeting, `release` when the connection is lost,
+`xforward` for the XFORWARD command. The hooks in handler.py reach it as `server.gate`.
+
+The Gate also counts what is open, which the drain and the tests watch: `sessions`
+(admitted connections) and `in_flight` (those inside a mail transaction).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import os
+import re
+from typing import Any
+
+from filterd.service import metrics
+from filterd.smtp import replies
+from filterd.smtp.replies import Reply
+
+log = logging.getLogger(__name__)
+
+XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+_XFORWARD_ITEM = re.compile(r"^([A-Za-z]+)=(\S*)$")
+_ids = itertools.count(1)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(values: Any) -> list[Network]:
+    return [ipaddress.ip_network(str(v), strict=False) for v in values or ()]
+
+
+def _address(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The peer's IP address (an IPv4-mapped one as IPv4); None for a UNIX socket or stranger."""
+    try:
+        addr = ipaddress.ip_address(peer[0].split("%")[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _in(addr: Any, networks: list[Network]) -> bool:
+    return addr is not None and any(addr in net for net in networks)
+
+
+def parse_xforward(arg: str) -> dict[str, str] | None:
+    """"NAME=x ADDR=y" → {"NAME": "x", "ADDR": "y"}; None on bad syntax or unknown names."""
+    items: dict[str, str] = {}
+    for word in arg.split():
+        match = _XFORWARD_ITEM.match(word)
+        if not match or match.group(1).upper() not in XFORWARD_ATTRS:
+            return None
+        items[match.group(1).upper()] = match.group(2)
+    return items or None
+
+
+class Gate:
+    """allowed_networks, max_connections and xforward_networks of one worker."""
+
+    def __init__(self, config: Any) -> None:
+        self._prefix = f"{os.getpid() % 100000:x}."
+        self._open: set[Any] = set()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Any) -> None:
+        """New rules for the next connection and the next XFORWARD; open sessions stay."""
+        self.max_connections = config.max_connections
+        self.allowed = _networks(config.allowed_networks)
+        self.trusted = _networks(config.xforward_networks)
+
+    @property
+    def sessions(self) -> int:
+        return len(self._open)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for session in self._open if session.txn is not None)
+
+    def admit(self, session: Any) -> Reply | None:
+        """None to greet the client, else the reply that refuses it (RFC 5321 3.1: 554)."""
+        session.id = f"{self._prefix}{next(_ids):x}"
+        session.address = _address(session.peer)   # parsed once, checked again at EHLO/XFORWARD
+        if not _in(session.address, self.allowed):
+            log.warning("%s %s refused: not in allowed_networks", session.id, session.peer)
+            return replies.S554_ACCESS_DENIED
+        if self.sessions >= self.max_connections:
+            log.warning("%s %s refused: max_connections reached", session.id, session.peer)
+            return replies.S421_TOO_MANY_CONNECTIONS
+        self._open.add(session)
+        metrics.IN_FLIGHT.inc()
+        return None
+
+    def release(self, session: Any) -> None:
+        """The connection is gone; a refused one was never counted."""
+        if session in self._open:
+            self._open.discard(session)
+            metrics.IN_FLIGHT.dec()
+
+    def trusts(self, session: Any) -> bool:
+        """May this client send XFORWARD (and is it offered at EHLO)?"""
+        return _in(session.address, self.trusted)
+
+    def xforward(self, session: Any, envelope: Any, arg: str) -> Reply:
+        """Postfix XFORWARD_README: remember the original client's attributes for one transaction."""
+        if not self.trusts(session):
+            return replies.S550_XFORWARD_DENIED
+        if envelope.mail_from is not None:
+            return replies.S503_XFORWARD_IN_TRANSACTION
+        items = parse_xforward(arg)
+        if items is None:
+            return replies.S501_XFORWARD_SYNTAX
+        session.xforward.update(items)
+        return replies.S250_XFORWARD_OK
