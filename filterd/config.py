@@ -4,17 +4,13 @@ Defaults live only here; an empty file yields them. Each field carries a checker
 metadata; load_config() walks the YAML mapping, rejects unknown keys and runs the checkers,
 so every ConfigError names the key path it is about (e.g. `policy.reject_at: ...`).
 Relative paths (model.path) are relative to the working directory of the process.
-
-`filterd check-config -c FILE` is run() below: the same checks `serve` runs at start, plus
-loading the model (manifest, every SHA-256, one warm-up inference).
+Loading the model a config names is filterd/service/model.py; `check-config` is in cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -22,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from filterd.errors import ConfigError, ModelError
+from filterd.errors import ConfigError
 from filterd.hostport import split_hostport
 
 Check = Callable[[Any, str], Any]
@@ -259,41 +255,7 @@ def load_config(path: str | Path) -> Config:
     return config
 
 
-def _model_message(model: ModelConfig, why: str) -> str:
-    key = "model.device" if "device" in why and "provider" in why.lower() else "model.path"
-    return f"{key}: {why}" if model.path in why else f"{key}: {model.path}: {why}"
-
-
-def load_scorer(config: Config) -> Any:
-    """Load and warm up the model `config` names; ConfigError naming `model.path` if it can't."""
-    from filterd.pipeline.scorer import Scorer  # onnxruntime is heavy: import only when a model is needed
-
-    model = config.model
-    try:
-        scorer = Scorer.load(model.path, model.device, threads=model.threads,
-                             max_tokens=config.scoring.max_tokens)
-        scorer.warmup()
-    except ModelError as exc:
-        raise ConfigError(_model_message(model, str(exc))) from None
-    except (OSError, RuntimeError, ValueError) as exc:  # onnxruntime's own failures
-        raise ConfigError(_model_message(model, f"cannot run the model: {exc}")) from None
-    return scorer
-
-
 def describe(path: str | Path, exc: ConfigError) -> str:
     """"FILE: key: why" for the log or the terminal, without naming the file twice."""
     text = str(exc)
     return text if text.startswith(f"{path}:") else f"{path}: {text}"
-
-
-def run(args: argparse.Namespace) -> int:
-    """`filterd check-config -c FILE`: 0 when the config and its model are good, else 2."""
-    try:
-        config = load_config(args.config)
-        scorer = load_scorer(config)
-    except ConfigError as exc:
-        print(f"filterd: {describe(args.config, exc)}", file=sys.stderr)
-        return 2
-    print(f"{args.config}: OK (model {scorer.version} on {scorer.provider}, "
-          f"{config.worker_count()} worker(s), listening on {config.listen})")
-    return 0

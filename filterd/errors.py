@@ -15,3 +15,11 @@ class ConfigError(FilterdError):
 
 class ModelError(FilterdError):
     """The model artifact is missing, corrupt, or cannot be run."""
+
+    key = "model.path"     # the config key a ConfigError about it names
+
+
+class DeviceError(ModelError):
+    """The device asked for (model.device) is not there, e.g. cuda without CUDA."""
+
+    key = "model.device"

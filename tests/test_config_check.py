@@ -161,7 +161,7 @@ def test_split_hostport_rejects_or_parses(text: str) -> None:
 
 def test_reload_keeps_restart_keys_and_applies_the_rest() -> None:
     from filterd.config import build
-    from filterd.service.daemon import RESTART_KEYS, pin_restart_keys
+    from filterd.service.reload import RESTART_KEYS, pin_restart_keys
 
     old = Config()
     new = build(Config, {

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from filterd.pipeline import text
-from filterd.errors import ModelError
+from filterd.errors import DeviceError, ModelError
 from filterd.pipeline.artifact import read_manifest
 from filterd.pipeline.features import load_buckets
 from filterd.pipeline.text import Prepared
@@ -38,11 +38,11 @@ class Thresholds:
 def _providers(device: str) -> list[str]:
     available = ort.get_available_providers()
     if device not in ("auto", "cpu", "cuda"):
-        raise ModelError(f"unknown device {device!r}: auto, cpu or cuda")
+        raise DeviceError(f"unknown device {device!r}: auto, cpu or cuda")
     if device != "cpu" and "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
-        raise ModelError("device cuda asked for, but onnxruntime has no CUDAExecutionProvider "
+        raise DeviceError("device cuda asked for, but onnxruntime has no CUDAExecutionProvider "
                          f"(available: {', '.join(available)})")
     return ["CPUExecutionProvider"]
 

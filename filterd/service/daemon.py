@@ -1,8 +1,9 @@
 """Lifecycle of `filterd serve`: build the parts, serve, reload on SIGHUP, drain on SIGTERM.
 
 One process (`workers: 1`) runs Daemon.amain() directly. With more workers, a supervisor
-(filterd/service/supervisor.py) owns the listening socket, systemd's notify socket and the metrics
-endpoint, and runs this same Daemon in each worker process on the socket it inherits.
+(service/supervisor.py) owns the listening socket, systemd's notify socket and the metrics
+endpoint, and runs this same Daemon in each worker process on the socket it inherits
+(service/worker.py). `filterd serve` chooses which in cli.py; this module imports neither.
 
 Parts are built in dependency order (executor, batcher, relay, handler, listener) and
 stopped in reverse, so the listener stops accepting and sessions drain while the relay and
@@ -11,9 +12,7 @@ the model are still there to finish their transactions.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import dataclasses
 import logging
 import signal
 import socket
@@ -27,15 +26,13 @@ from filterd.service import log as logsetup
 from filterd.service import metrics
 from filterd.smtp import replies
 from filterd.batcher import Batcher
-from filterd.config import (
-    Config,
-    describe,
-    load_config,
-    load_scorer,
-)
+from filterd.config import Config, load_config
 from filterd.errors import ConfigError
 from filterd.hostport import format_address, split_hostport
+from filterd.service.model import load_scorer
 from filterd.service.notify import Notifier
+from filterd.service.reload import pin_restart_keys, refused, reloaded
+from filterd.service.reports import Failed, Ready, Refused, Reloaded, Report
 from filterd.smtp.gate import Gate
 from filterd.smtp.handler import FilterHandler
 from filterd.smtp.relay import Relay
@@ -43,35 +40,7 @@ from filterd.smtp.smtpd import smtp_factory
 
 log = logging.getLogger(__name__)
 
-# Keys read once when a part is built; a reload keeps their old values and says so.
-RESTART_KEYS = ("listen", "workers", "metrics", "next_hop", "relay",
-                "timeouts.next_hop_connect", "timeouts.next_hop")
 _SHUTDOWN_LINE = replies.S421_SHUTTING_DOWN.line()
-
-
-def _get(config: Config, key: str) -> Any:
-    value: Any = config
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def _set(config: Any, key: str, value: Any) -> Any:
-    """`config` with the dotted `key` set to `value` (frozen dataclasses: copied along the path)."""
-    head, _, rest = key.partition(".")
-    if rest:
-        value = _set(getattr(config, head), rest, value)
-    return dataclasses.replace(config, **{head: value})
-
-
-def pin_restart_keys(old: Config, new: Config) -> tuple[Config, list[str]]:
-    """`new` with the old values of keys a reload cannot apply, and a note per changed key."""
-    notes = [f"{key} changed ({_get(old, key)!r} -> {_get(new, key)!r}): restart filterd to apply it"
-             for key in RESTART_KEYS if _get(old, key) != _get(new, key)]
-    pinned = new
-    for key in RESTART_KEYS:
-        pinned = _set(pinned, key, _get(old, key))
-    return pinned, notes
 
 
 def in_transaction(session: Any) -> bool:
@@ -93,16 +62,17 @@ def close_421(session: Any) -> None:
 class Daemon:
     """One serving process: the parts, the sessions, signals, reload and drain.
 
-    `report(event, text)` goes to the supervisor in a worker; standalone it logs and
-    notifies systemd. `sock` is an already bound listening socket (worker) or None.
+    `report(Report)` goes to the supervisor in a worker (service/worker.py); standalone the
+    Daemon says it itself (log, metrics, systemd). `sock` is an already bound listening
+    socket (worker) or None.
     """
 
     def __init__(self, config_path: str, config: Config, *, sock: socket.socket | None = None,
-                 report: Callable[[str, str], None] | None = None) -> None:
+                 report: Callable[[Report], None] | None = None) -> None:
         self.config_path, self.config, self.sock = config_path, config, sock
         self.standalone = report is None
         self.notifier = Notifier() if report is None else Notifier(address="")
-        self.report = report or self._report
+        self.report = report or self._say
         self.sessions: weakref.WeakSet[Any] = weakref.WeakSet()
         self.stopping = asyncio.Event()
         self.forced = asyncio.Event()
@@ -123,7 +93,7 @@ class Daemon:
         try:
             scorer = await loop.run_in_executor(None, load_scorer, self.config)
         except ConfigError as exc:
-            self.report("failed", f"cannot start: {exc}")
+            self.report(Failed(f"cannot start: {exc}"))
             self._remove_signals()
             return 1
         async with AsyncExitStack() as stack:
@@ -138,12 +108,12 @@ class Daemon:
             try:
                 server = await self._listen(smtp_factory(self.config, self.handler, self.gate))
             except OSError as exc:
-                self.report("failed", f"cannot listen on {self.config.listen}: {exc}")
+                self.report(Failed(f"cannot listen on {self.config.listen}: {exc}"))
                 return 1
             stack.push_async_callback(self._drain, server)
             if self.standalone:
                 stack.callback(metrics.serve(self.config.metrics))
-            self.report("ready", f"{scorer.version}\t{scorer.provider}\t{self.address}")
+            self.report(Ready(scorer.version, scorer.provider, self.address))
             await self.stopping.wait()
         return 0
 
@@ -244,7 +214,7 @@ class Daemon:
                 config, notes = pin_restart_keys(self.config, load_config(self.config_path))
                 scorer = await asyncio.get_running_loop().run_in_executor(None, load_scorer, config)
             except ConfigError as exc:
-                self.report("refused", str(exc))
+                self.report(Refused(str(exc)))
                 return
             for note in notes:   # with workers, the supervisor says it once
                 log.log(logging.WARNING if self.standalone else logging.DEBUG, "reload: %s", note)
@@ -256,7 +226,7 @@ class Daemon:
             self.factory = smtp_factory(config, self.handler, self.gate)
             self.config, self.batcher = config, batcher
             logsetup.set_level(config.log.level)
-            self.report("reloaded", f"{scorer.version}\t{scorer.provider}")
+            self.report(Reloaded(scorer.version, scorer.provider))
             self._task(self._retire(old, in_flight))
 
     def _transactions(self) -> dict[Any, Any]:
@@ -270,53 +240,16 @@ class Daemon:
         finally:
             await batcher.stop()
 
-    def _report(self, event: str, text: str) -> None:
+    def _say(self, report: Report) -> None:
         """Standalone: what a worker would tell its supervisor goes to the log and systemd."""
-        fields = text.split("\t")
-        if event == "ready":
-            metrics.MODEL.info({"version": fields[0], "provider": fields[1]})
-            log.info("ready: listening on %s, model %s on %s", fields[2], fields[0], fields[1])
-            self.notifier.ready(f"listening on {fields[2]}, model {fields[0]}")
-        elif event == "reloaded":
-            reloaded(self.notifier, fields[0], fields[1])
-        elif event == "refused":
-            refused(self.notifier, text)
-        else:
-            log.error("%s", text)
-
-
-# A reload's outcome, said once per process that systemd hears from: the standalone Daemon
-# or the supervisor (which passes its own logger).
-
-
-def reloaded(notifier: Notifier, version: str, provider: str, logger: logging.Logger = log) -> None:
-    metrics.MODEL.info({"version": version, "provider": provider})
-    metrics.RELOADS.labels("ok").inc()
-    logger.info("reloaded: model %s on %s", version, provider)
-    notifier.ready(f"reloaded, model {version}")
-
-
-def refused(notifier: Notifier, why: str, logger: logging.Logger = log) -> None:
-    metrics.RELOADS.labels("failed").inc()
-    logger.error("reload refused, still serving the previous config and model: %s", why)
-    notifier.ready("reload refused, see the log")
-
-
-def run(args: argparse.Namespace) -> int:
-    """`filterd serve -c FILE`: 0 after a graceful stop, 1 on a runtime error, 2 on a bad config."""
-    logsetup.setup("info", tag=f"worker {args.worker}" if args.worker is not None else "")
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        log.error("%s", describe(args.config, exc))
-        return 2
-    logsetup.set_level(config.log.level)
-    if args.worker is not None:
-        from filterd.service.supervisor import run_worker
-
-        return run_worker(args, config)
-    if config.worker_count() > 1:
-        from filterd.service.supervisor import Supervisor
-
-        return asyncio.run(Supervisor(args.config, config).amain())
-    return asyncio.run(Daemon(args.config, config).amain())
+        match report:
+            case Ready(version, provider, address):
+                metrics.MODEL.info({"version": version, "provider": provider})
+                log.info("ready: listening on %s, model %s on %s", address, version, provider)
+                self.notifier.ready(f"listening on {address}, model {version}")
+            case Reloaded(version, provider):
+                reloaded(self.notifier, version, provider)
+            case Refused(why):
+                refused(self.notifier, why)
+            case Failed(why):
+                log.error("%s", why)

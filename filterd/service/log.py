@@ -1,4 +1,4 @@
-"""Logging set-up, called only by the entry point (server.run); every module just does getLogger(__name__).
+"""Logging set-up, called only by the entry point (cli.serve); every module just does getLogger(__name__).
 
 Under systemd (JOURNAL_STREAM names our stderr) each line starts with a syslog priority
 prefix like `<6>` that journald turns into the entry's priority, and carries no timestamp

@@ -3,12 +3,12 @@
 The supervisor binds the listening socket once (so `listen: host:0` works too) and starts
 each worker as `python -m filterd serve --worker I --listen-fd FD --channel-fd FD`; the
 kernel hands each new connection to whichever worker accepts it first, so both cores work.
-Each worker runs the ordinary Daemon (server.py) on the inherited socket and loads its own
-copy of the model.
+Each worker runs the ordinary Daemon (service/daemon.py) on the inherited socket and
+loads its own copy of the model (service/worker.py).
 
 The supervisor is the only process systemd hears from (NotifyAccess=main): workers report
-over a socketpair, one tab-separated line per event (ready, reloaded, refused, failed), and
-the supervisor logs each outcome once and sends READY/RELOADING/STOPPING. Signals reach the
+over a socketpair, one typed report per line (service/reports.py: Ready, Reloaded,
+Refused, Failed), and the supervisor logs each outcome once and sends READY/RELOADING/STOPPING. Signals reach the
 workers through it: SIGHUP and SIGTERM are forwarded. It also serves the metrics, summed
 over the workers with prometheus-client's multiprocess mode (a directory of mmap files
 named by PROMETHEUS_MULTIPROC_DIR, set only for the workers). A worker whose supervisor
@@ -17,7 +17,6 @@ has gone (its channel reads EOF) stops as if it got SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -32,13 +31,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, multiprocess
 
-from filterd.service import daemon as server
-from filterd.service import metrics
 from filterd.config import Config, load_config
-from filterd.hostport import format_address, split_hostport
 from filterd.errors import ConfigError
+from filterd.hostport import format_address, split_hostport
+from filterd.service import metrics
 from filterd.service.notify import Notifier
-from filterd.service.daemon import Daemon, pin_restart_keys
+from filterd.service.reload import pin_restart_keys, refused, reloaded
+from filterd.service.reports import Failed, Ready, Reloaded, Report, decode
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +51,13 @@ class Worker:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter   # unused, but it holds our end of the channel open
     ready: bool = False            # reported ready; only ready workers are asked to reload
-    events: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue[Report | None] = field(default_factory=asyncio.Queue)
 
     async def pump(self) -> None:
-        """Channel lines → events; EOF (the worker exited) → ("exited", "")."""
+        """Channel lines → reports; EOF (the worker exited) → None."""
         while line := await self.reader.readline():
-            event, _, text = line.decode(errors="replace").rstrip("\n").partition("\t")
-            await self.events.put((event, text))
-        await self.events.put(("exited", ""))
+            await self.events.put(decode(line))
+        await self.events.put(None)
 
 
 class Supervisor:
@@ -119,16 +117,18 @@ class Supervisor:
         count = self.config.worker_count()
         self.workers = [await self._spawn(i, sock) for i in range(1, count + 1)]
         results = await asyncio.gather(*(self._expect(w, STARTUP_TIMEOUT) for w in self.workers))
-        failed = [text for event, text in results if event != "ready"]
+        failed = [r for r in results if not isinstance(r, Ready)]
         if failed and not self.stopping:
-            log.error("%s", failed[0])
+            log.error("%s", _why(failed[0]))
             await self._terminate()
             return False
         if self.stopping:   # SIGTERM while starting: no READY, just the ordinary stop
             return True
         for worker in self.workers:
             worker.ready = True
-        version, provider = results[0][1].split("\t")[:2]
+        first = results[0]
+        assert isinstance(first, Ready)
+        version, provider = first.version, first.provider
         metrics.MODEL.info({"version": version, "provider": provider})
         address = format_address(sock.getsockname())
         log.info("ready: listening on %s, %d workers, model %s on %s", address, count,
@@ -159,9 +159,9 @@ class Supervisor:
         multiprocess.mark_process_dead(dead.proc.pid, self.metrics_dir)
         worker = await self._spawn(dead.index, sock)
         self.workers[self.workers.index(dead)] = worker
-        event, text = await self._expect(worker, STARTUP_TIMEOUT)
-        if event != "ready":
-            log.error("cannot replace worker %d: %s", worker.index, text)
+        report = await self._expect(worker, STARTUP_TIMEOUT)
+        if not isinstance(report, Ready):
+            log.error("cannot replace worker %d: %s", worker.index, _why(report))
             return False
         worker.ready = True
         log.info("worker %d replaced (pid %d)", worker.index, worker.proc.pid)
@@ -188,15 +188,15 @@ class Supervisor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _expect(self, worker: Worker, timeout: float) -> tuple[str, str]:
-        """The next event from `worker`; ("timeout", ...) if none comes in time."""
+    async def _expect(self, worker: Worker, timeout: float) -> Report:
+        """The next report from `worker`; Failed if none comes in time or the worker exits."""
         try:
-            event, text = await asyncio.wait_for(worker.events.get(), timeout)
+            report = await asyncio.wait_for(worker.events.get(), timeout)
         except TimeoutError:
-            return "timeout", f"worker {worker.index} did not answer in {timeout:g}s"
-        if event == "exited":
-            return event, f"worker {worker.index} exited with status {await worker.proc.wait()}"
-        return event, text
+            return Failed(f"worker {worker.index} did not answer in {timeout:g}s")
+        if report is None:
+            return Failed(f"worker {worker.index} exited with status {await worker.proc.wait()}")
+        return report
 
     def _stop(self) -> None:
         """Forward the stop to the workers; a second one makes them cut their sessions now."""
@@ -229,56 +229,29 @@ class Supervisor:
         try:
             config, notes = pin_restart_keys(self.config, load_config(self.config_path))
         except ConfigError as exc:
-            server.refused(self.notifier, str(exc), log)
+            refused(self.notifier, str(exc), log)
             return
         for note in notes:
             log.warning("reload: %s", note)
         for worker in ready:
             worker.proc.send_signal(signal.SIGHUP)
         results = await asyncio.gather(*(self._expect(w, STARTUP_TIMEOUT) for w in ready))
-        refused = [text for event, text in results if event != "reloaded"]
-        if refused and len(refused) < len(ready):   # only if a worker ran out of something
+        failed = [_why(r) for r in results if not isinstance(r, Reloaded)]
+        if failed and len(failed) < len(ready):   # only if a worker ran out of something
             metrics.RELOADS.labels("failed").inc()
             log.error("reload failed in %d of %d workers, the others reloaded (send SIGHUP "
-                      "again or restart filterd): %s", len(refused), len(ready), refused[0])
+                      "again or restart filterd): %s", len(failed), len(ready), failed[0])
             self.notifier.ready("reload partly failed, see the log")
             return
-        if refused:
-            server.refused(self.notifier, refused[0], log)
+        if failed:
+            refused(self.notifier, failed[0], log)
             return
         self.config = config
-        version, provider = results[0][1].split("\t")[:2]
-        server.reloaded(self.notifier, version, provider, log)
+        first = results[0]
+        assert isinstance(first, Reloaded)
+        reloaded(self.notifier, first.version, first.provider, log)
 
 
-def run_worker(args: argparse.Namespace, config: Config) -> int:
-    """One worker: the Daemon on the inherited socket, reporting over the channel."""
-    # Until the Daemon installs its handlers, a SIGTERM (the supervisor stopping while we
-    # load the model) ends this worker quietly: it has no sessions yet.
-    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
-    sock = socket.socket(fileno=args.listen_fd)
-    channel = socket.socket(fileno=args.channel_fd)
-    return asyncio.run(_worker_main(args, config, sock, channel))
-
-
-async def _worker_main(args: argparse.Namespace, config: Config, sock: socket.socket,
-                       channel: socket.socket) -> int:
-    reader, writer = await asyncio.open_connection(sock=channel)
-
-    def report(event: str, text: str) -> None:
-        log.debug("reporting %s: %s", event, text)
-        writer.write(f"{event}\t{text}\n".encode())
-
-    daemon = Daemon(args.config, config, sock=sock, report=report)
-
-    async def watch_supervisor() -> None:
-        await reader.read()   # returns at EOF: the supervisor is gone
-        log.warning("supervisor gone; stopping")
-        daemon.stop()
-
-    watcher = asyncio.get_running_loop().create_task(watch_supervisor())
-    try:
-        return await daemon.amain()
-    finally:
-        watcher.cancel()
-        writer.close()
+def _why(report: Report) -> str:
+    """What went wrong, for a report that is not the one we waited for."""
+    return getattr(report, "why", f"unexpected report {report!r}")
