@@ -4,7 +4,9 @@ PATH is a message file, a folder (walked recursively, so Maildir cur/ and new/ a
 too; dot files, hidden folders such as Maildir++ subfolders, and Maildir tmp/ are
 skipped: see filterd/mailfiles.py), an mbox file, or `-` for one message on
 stdin. Messages are scored in batches; the action is what the manifest's thresholds give:
-"reject" at or above reject, "tag" at or above tag, else "pass".
+"reject" at or above reject, "tag" at or above tag, else "pass". With --explain each line
+also carries "explanation": the logit, the recurrent part's share, and the top n-gram
+features with their signed contributions.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from filterd.errors import ModelError
 from filterd.mailfiles import looks_like_mbox, mbox_messages, message_files
+from filterd.pipeline import explain
 from filterd.pipeline.scorer import Scorer
 from filterd.verdict import Policy
 
@@ -53,13 +56,15 @@ def _read_file(path: Path, errors: list[str]) -> Iterator[tuple[str, bytes]]:
     yield from items
 
 
-def _flush(scorer: Scorer, pending: list[tuple[str, bytes]]) -> None:
+def _flush(scorer: Scorer, pending: list[tuple[str, bytes]], why: bool = False) -> None:
     scores = scorer.infer([scorer.prepare(raw) for _, raw in pending])
     policy = Policy.resolve("manifest", "manifest", scorer.thresholds)
     out = sys.stdout
-    for (path, _), score in zip(pending, scores):
-        out.write(json.dumps({"path": path, "score": round(score, 6),
-                              "action": policy.action(score)}) + "\n")
+    for (path, raw), score in zip(pending, scores):
+        line = {"path": path, "score": round(score, 6), "action": policy.action(score)}
+        if why:   # --explain: the features behind the score (filterd/pipeline/explain.py)
+            line["explanation"] = explain.explain(scorer, raw).as_dict()
+        out.write(json.dumps(line) + "\n")
     out.flush()
     pending.clear()
 
@@ -75,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
     for item in iter_messages(args.paths, errors):
         pending.append(item)
         if len(pending) >= BATCH:
-            _flush(scorer, pending)
+            _flush(scorer, pending, args.explain)
     if pending:
-        _flush(scorer, pending)
+        _flush(scorer, pending, args.explain)
     for error in errors:
         print(f"filterd classify: {error}", file=sys.stderr)
     return 1 if errors else 0

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the SMTP filter in the foreground")
     serve.add_argument("-c", "--config", default="config.yaml", help=CONFIG_HELP)
     # Set by the supervisor for its worker processes (workers > 1); not for people.
-    for name in ("--worker", "--listen-fd", "--channel-fd"):
+    for name in ("--worker", "--listen-fd", "--channel-fd", "--milter-fd", "--spamd-fd"):
         serve.add_argument(name, type=int, default=None, help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate a config file and its model")
     check.add_argument("-c", "--config", default="config.yaml", help=CONFIG_HELP)
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--model", default=None,
                           help="model artifact folder (default: $FILTERD_MODEL, else the "
                                "model installed with filterd)")
+    classify.add_argument("--explain", action="store_true",
+                          help="add the features behind each score (JSON)")
     classify.add_argument("paths", nargs="+", help="message files, folders, mbox files or -")
     return parser
 
@@ -56,7 +58,9 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     if args.worker is not None:
         from filterd.service.worker import run_worker
 
-        return run_worker(args.config, config, args.listen_fd, args.channel_fd)
+        frontend_fds = {name: fd for name, fd in (("milter", args.milter_fd), ("spamd", args.spamd_fd))
+                        if fd is not None}
+        return run_worker(args.config, config, args.listen_fd, args.channel_fd, frontend_fds)
     if config.worker_count() > 1:
         from filterd.service.supervisor import Supervisor
 

@@ -121,6 +121,28 @@ def _workers(value: Any, key: str) -> int | str:
     return _integer(1, 256)(value, key)
 
 
+def _boolean(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {_kind(value)} {value!r}")
+    return value
+
+
+def _listener(value: Any, key: str) -> str:
+    """"host:port" or "unix:/absolute/path" (a milter socket, as Postfix's smtpd_milters names it)."""
+    if isinstance(value, str) and value.startswith("unix:"):
+        path = value[5:]
+        if not path.startswith("/") or len(path.encode()) > 100 or "\0" in path:
+            raise ConfigError(f"{key}: {value!r}: a UNIX socket needs an absolute path "
+                              "of at most 100 bytes, e.g. unix:/run/filterd/milter.sock")
+        return value
+    return _hostport(0)(value, key)
+
+
+def _section(cls: type) -> Check:
+    """A nested section that may be null (off): built and checked like any other."""
+    return lambda value, key: None if value is None else build(cls, value, key)
+
+
 def _threshold(value: Any, key: str) -> float | str | None:
     if value is None or value == "manifest":
         return value
@@ -183,6 +205,17 @@ class PolicyConfig:
     tag_at: float | str | None = _opt("manifest", _threshold)
     reject_at: float | str | None = _opt(None, _threshold)
     subject_prefix: str | None = _opt(None, _nullable(_string))
+    report: bool = _opt(False, _boolean)      # X-Spam-Report: the features behind the score
+
+
+@dataclass(frozen=True)
+class MilterConfig:
+    listen: str = _opt("127.0.0.1:10027", _listener)   # host:port or unix:/path
+
+
+@dataclass(frozen=True)
+class SpamdConfig:
+    listen: str = _opt("127.0.0.1:10783", _hostport(0))
 
 
 @dataclass(frozen=True)
@@ -226,6 +259,8 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     log: LogConfig = field(default_factory=LogConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    milter: MilterConfig | None = _opt(None, _section(MilterConfig))   # null = off
+    spamd: SpamdConfig | None = _opt(None, _section(SpamdConfig))      # null = off
 
     def worker_count(self) -> int:
         """`workers` resolved: "auto" is the number of CPUs this process may run on."""

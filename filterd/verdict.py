@@ -92,22 +92,32 @@ def _fmt(value: float | None) -> str:
     return "none" if value is None else format_score(value)
 
 
-def render(verdict: Verdict) -> bytes:
-    """The header block we prepend, CRLF-terminated lines (SMTP DATA is CRLF, RFC 5321 2.3.8)."""
-    flag = b"YES" if verdict.flagged else b"NO"
-    lines = [b"X-Spam-Flag: " + flag + b"\r\n"]
+def headers(verdict: Verdict, report: str | None = None) -> list[tuple[str, str]]:
+    """Our header fields, in order, as (name, value): what the proxy prepends and the milter
+    inserts. `report` (the reasons, policy.report) becomes X-Spam-Report."""
+    fields = [("X-Spam-Flag", "YES" if verdict.flagged else "NO")]
     if verdict.score is None:
-        lines.append(f"X-Spam-Status: {verdict.status}\r\n".encode("ascii"))
+        fields.append(("X-Spam-Status", verdict.status))
     else:
         model = _UNSAFE.sub("_", verdict.model) or "unknown"
         score = format_score(verdict.score)
-        lines.append(f"X-Spam-Score: {score}\r\n".encode("ascii"))
-        lines.append(
-            f"X-Spam-Status: {verdict.status}, score={score} "
-            f"tag={_fmt(verdict.tag)} reject={_fmt(verdict.reject)} model={model}\r\n"
-            .encode("ascii")
-        )
-    return b"".join(lines)
+        fields.append(("X-Spam-Score", score))
+        fields.append(("X-Spam-Status", f"{verdict.status}, score={score} tag={_fmt(verdict.tag)} "
+                                        f"reject={_fmt(verdict.reject)} model={model}"))
+    if report:
+        fields.append(("X-Spam-Report", _header_text(report)))
+    return fields
+
+
+def _header_text(text: str) -> str:
+    """Printable ASCII on one line (RFC 5322 2.2: a field body is US-ASCII; we never fold)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:900]
+
+
+def render(verdict: Verdict, report: str | None = None) -> bytes:
+    """The header block we prepend, CRLF-terminated lines (SMTP DATA is CRLF, RFC 5321 2.3.8)."""
+    return b"".join(f"{name}: {value}\r\n".encode("ascii")
+                    for name, value in headers(verdict, report))
 
 
 def header_end(data: bytes) -> int:
@@ -118,14 +128,15 @@ def header_end(data: bytes) -> int:
     return match.start(1) if match else len(data)
 
 
-def tag(data: bytes, verdict: Verdict, subject_prefix: str | None = None) -> bytes:
+def tag(data: bytes, verdict: Verdict, subject_prefix: str | None = None,
+        report: str | None = None) -> bytes:
     """Return `data` with forged headers renamed and ours prepended; the body is untouched."""
     end = header_end(data)
     head = data[:end]
     new_head = _FORGED.sub(rb"X-Spam-Untrusted-", head)
     if subject_prefix and verdict.flagged:
         new_head = _prefix_subject(new_head, subject_prefix.encode("utf-8"))
-    ours = render(verdict)
+    ours = render(verdict, report)
     if new_head is head:
         # Nothing to rewrite in the header section: one concatenation, no slicing copy.
         return ours + data

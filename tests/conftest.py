@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.smtp",
     "tests.fixtures.daemon",
     "tests.fixtures.postfix",
+    "tests.fixtures.frontends",
 ]
 
 

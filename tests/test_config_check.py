@@ -159,6 +159,31 @@ def test_split_hostport_rejects_or_parses(text: str) -> None:
     assert 0 <= port <= 65535 and int(text.rpartition(":")[2]) == port
 
 
+@pytest.mark.parametrize("section, value, message", [
+    ("milter", {"listen": "unix:relative.sock"}, "milter.listen: 'unix:relative.sock': a UNIX socket"),
+    ("milter", {"listen": "nowhere"}, "milter.listen: 'nowhere' is not host:port"),
+    ("milter", {"port": 1}, "milter.port: unknown key"),
+    ("spamd", {"listen": "unix:/x"}, "spamd.listen: 'unix:/x' is not host:port"),
+    ("spamd", "yes", "spamd: expected a mapping"),
+    ("policy", {"report": "yes"}, "policy.report: expected true or false"),
+])
+def test_front_end_sections_are_checked(section: str, value: Any, message: str) -> None:
+    from filterd.config import build
+
+    with pytest.raises(ConfigError) as caught:
+        build(Config, {section: value})
+    assert str(caught.value).startswith(message), caught.value
+
+
+def test_front_ends_are_off_unless_configured() -> None:
+    from filterd.config import build
+
+    assert Config().milter is None and Config().spamd is None
+    config = build(Config, {"milter": {}, "spamd": {"listen": "[::1]:10783"}})
+    assert config.milter is not None and config.milter.listen == "127.0.0.1:10027"
+    assert config.spamd is not None and config.spamd.listen == "[::1]:10783"
+
+
 def test_reload_keeps_restart_keys_and_applies_the_rest() -> None:
     from filterd.config import build
     from filterd.service.reload import RESTART_KEYS, pin_restart_keys
@@ -167,7 +192,8 @@ def test_reload_keeps_restart_keys_and_applies_the_rest() -> None:
     new = build(Config, {
         "listen": "127.0.0.1:1", "workers": 2, "metrics": None, "next_hop": "127.0.0.1:2",
         "relay": {"pool_size": 3}, "timeouts": {"next_hop_connect": 1, "next_hop": 2, "idle": 7},
-        "max_recipients": 5,
+        "max_recipients": 5, "milter": {"listen": "unix:/run/filterd/milter.sock"},
+        "spamd": {},
     })
     pinned, notes = pin_restart_keys(old, new)
 

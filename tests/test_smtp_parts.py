@@ -131,23 +131,23 @@ def counted(name: str, **labels: str) -> float:
 
 
 def test_one_info_line_and_metrics_per_message(filterd: Any, sink: Any, caplog: Any) -> None:
-    caplog.set_level("INFO", logger="filterd.smtp.handler")
-    before = {a: counted("filterd_messages_total", action=a) for a in ("ham", "tagged")}
+    caplog.set_level("INFO", logger="filterd.scan")
+    before = {a: counted("filterd_messages_total", frontend="smtp", action=a) for a in ("ham", "tagged")}
     relayed = counted("filterd_relay_seconds_count")
     with smtplib.SMTP(filterd.host, filterd.port) as client:
         client.sendmail("alice@example.org", ["a@example.org", "b@example.org"],
                         b"Subject: hi\r\n\r\nhello\r\n")
     sink.wait_for(1)
-    lines = [r.getMessage() for r in caplog.records if r.name == "filterd.smtp.handler"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "filterd.scan"]
     assert len(lines) == 1
     line = lines[0]
-    for part in ("client=127.0.0.1", "from=<alice@example.org>", "rcpts=2", "size=22",
+    for part in ("frontend=smtp", "client=127.0.0.1", "from=<alice@example.org>", "rcpts=2", "size=22",
                  "scoring_ms=", "relay_ms=", "reply='250 2.0.0 Ok: queued as SINK1'"):
         assert part in line, line
     assert re.search(r" score=(0\.\d{3,6}|1\.000) ", line), line  # whatever the model thinks of it
     action = "ham" if "action=ham" in line else "tagged"
     assert f"action={action}" in line
-    assert counted("filterd_messages_total", action=action) == before[action] + 1
+    assert counted("filterd_messages_total", frontend="smtp", action=action) == before[action] + 1
     assert counted("filterd_relay_seconds_count") == relayed + 1
 
 

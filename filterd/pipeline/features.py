@@ -62,13 +62,10 @@ def _bucket(h: np.ndarray, salt: np.uint64) -> np.ndarray:
     return h.astype(np.int64)
 
 
-def hash_ngrams(data: bytes, scheme: str = "char_wb") -> tuple[np.ndarray, np.ndarray]:
-    """Bucket ids (with repeats) of the words and of their character n-grams."""
-    a = np.frombuffer(data[:_MAX_BYTES], dtype=np.uint8)
+def _rolling(a: np.ndarray, wb: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gap, gaps, prefix) of the byte array `a`: which bytes separate words, their running
+    count, and the prefix sums of the rolling hash (hash_ngrams and first_spans share them)."""
     n = a.size
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    wb = scheme == "char_wb"
     gap = _SPACE[a] if wb else ~_WORD[a]            # bytes that separate words
     with np.errstate(over="ignore"):
         c = a.astype(np.uint64)
@@ -78,10 +75,34 @@ def hash_ngrams(data: bytes, scheme: str = "char_wb") -> tuple[np.ndarray, np.nd
         c *= _QPOW[:n]
         prefix = np.zeros(n + 1, dtype=np.uint64)
         np.cumsum(c, out=prefix[1:])
-        gaps = np.zeros(n + 1, dtype=np.int32)
-        np.cumsum(gap, out=gaps[1:])
-        edges = np.diff(np.concatenate(([0], (~gap).view(np.int8), [0])))
-        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    gaps = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(gap, out=gaps[1:])
+    return gap, gaps, prefix
+
+
+def _words(gap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end offsets of the words (runs of non-gap bytes)."""
+    edges = np.diff(np.concatenate(([0], (~gap).view(np.int8), [0])))
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+
+
+def _keep(gaps: np.ndarray, size: int, m: int, wb: bool) -> np.ndarray:
+    """Which of the m character n-grams of `size` bytes are features."""
+    if wb:      # no gap strictly inside; one at either end marks the word boundary
+        return gaps[size - 1: size - 1 + m] == gaps[1: 1 + m]
+    return gaps[size: size + m] == gaps[:m]         # entirely inside one word
+
+
+def hash_ngrams(data: bytes, scheme: str = "char_wb") -> tuple[np.ndarray, np.ndarray]:
+    """Bucket ids (with repeats) of the words and of their character n-grams."""
+    a = np.frombuffer(data[:_MAX_BYTES], dtype=np.uint8)
+    n = a.size
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    wb = scheme == "char_wb"
+    gap, gaps, prefix = _rolling(a, wb)
+    with np.errstate(over="ignore"):
+        starts, ends = _words(gap)
         # hash of a[s:e] = (prefix[e] - prefix[s]) * P**s = sum c[j] * Q**(j - s)
         words = _bucket((prefix[ends] - prefix[starts]) * _PPOW[starts], _SALT_WORD)
         grams = []
@@ -89,15 +110,49 @@ def hash_ngrams(data: bytes, scheme: str = "char_wb") -> tuple[np.ndarray, np.nd
             m = n - size + 1                        # n-grams start at 0 .. m-1
             if m <= 0:
                 continue
-            if wb:      # no gap strictly inside; one at either end marks the word boundary
-                keep = gaps[size - 1: size - 1 + m] == gaps[1: 1 + m]
-            else:       # entirely inside one word
-                keep = gaps[size: size + m] == gaps[:m]
+            keep = _keep(gaps, size, m, wb)
             # contiguous slices, then keep: cheaper than gathering by index
             h = prefix[size: size + m] - prefix[:m]
             h *= _PPOW[:m]
             grams.append(_bucket(h[keep], np.uint64(size)))
     return words, np.concatenate(grams) if grams else np.zeros(0, np.int64)
+
+
+def first_spans(data: bytes, words: np.ndarray, chars: np.ndarray,
+                scheme: str = "char_wb") -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """For the given word buckets and char n-gram buckets, the first span of `data` that
+    hashes there: what an explanation calls a feature. Same hash as hash_ngrams; slower
+    (it keeps positions), so it is only run for the few buckets an explanation lists."""
+    a = np.frombuffer(data[:_MAX_BYTES], dtype=np.uint8)
+    n = a.size
+    found_words: dict[int, bytes] = {}
+    found_chars: dict[int, bytes] = {}
+    if n == 0:
+        return found_words, found_chars
+    wb = scheme == "char_wb"
+    gap, gaps, prefix = _rolling(a, wb)
+    with np.errstate(over="ignore"):
+        starts, ends = _words(gap)
+        buckets = _bucket((prefix[ends] - prefix[starts]) * _PPOW[starts], _SALT_WORD)
+        _first(buckets, words, starts, ends, a, found_words)
+        for size in CHAR_NGRAMS:
+            m = n - size + 1
+            if m <= 0:
+                continue
+            at = np.flatnonzero(_keep(gaps, size, m, wb))
+            buckets = _bucket((prefix[at + size] - prefix[at]) * _PPOW[at], np.uint64(size))
+            _first(buckets, chars, at, at + size, a, found_chars)
+    return found_words, found_chars
+
+
+def _first(buckets: np.ndarray, wanted: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+           a: np.ndarray, out: dict[int, bytes]) -> None:
+    """Record in `out` the first span of each wanted bucket not found yet."""
+    hits = np.flatnonzero(np.isin(buckets, wanted))
+    for i in hits.tolist():
+        bucket = int(buckets[i])
+        if bucket not in out:
+            out[bucket] = a[starts[i]: ends[i]].tobytes()
 
 
 def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

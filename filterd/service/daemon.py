@@ -29,6 +29,7 @@ from filterd.batcher import Batcher
 from filterd.config import Config, load_config
 from filterd.errors import ConfigError
 from filterd.hostport import format_address, split_hostport
+from filterd.service import listeners
 from filterd.service.model import load_scorer
 from filterd.service.notify import Notifier
 from filterd.service.reload import pin_restart_keys, refused, reloaded
@@ -68,8 +69,11 @@ class Daemon:
     """
 
     def __init__(self, config_path: str, config: Config, *, sock: socket.socket | None = None,
-                 report: Callable[[Report], None] | None = None) -> None:
+                 report: Callable[[Report], None] | None = None,
+                 frontend_socks: dict[str, socket.socket] | None = None) -> None:
         self.config_path, self.config, self.sock = config_path, config, sock
+        self.frontend_socks = frontend_socks or {}   # milter/spamd sockets from the supervisor
+        self.frontends: list[listeners.Listener] = []
         self.standalone = report is None
         self.notifier = Notifier() if report is None else Notifier(address="")
         self.report = report or self._say
@@ -111,6 +115,11 @@ class Daemon:
                 self.report(Failed(f"cannot listen on {self.config.listen}: {exc}"))
                 return 1
             stack.push_async_callback(self._drain, server)
+            try:
+                await self._start_frontends()
+            except OSError as exc:
+                self.report(Failed(f"cannot listen: {exc}"))
+                return 1
             if self.standalone:
                 stack.callback(metrics.serve(self.config.metrics))
             self.report(Ready(scorer.version, scorer.provider, self.address))
@@ -122,6 +131,20 @@ class Daemon:
                           self.executor)
         await batcher.start()
         return batcher
+
+    async def _start_frontends(self) -> None:
+        """The milter and spamd listeners the config turns on, beside the SMTP one."""
+        from filterd import milter, spamd   # only when configured
+
+        for name, section, serve in (("milter", self.config.milter, milter.serve),
+                                     ("spamd", self.config.spamd, spamd.serve)):
+            if section is None:
+                continue
+            sock = self.frontend_socks.get(name)
+            listener = listeners.Listener(name, serve, self.config, self.batcher)
+            await listener.start(sock or listeners.bind(section.listen), owned=sock is None)
+            self.frontends.append(listener)
+            log.info("%s listening on %s", name, listener.address)
 
     async def _listen(self, factory: Callable[[], Any]) -> asyncio.Server:
         self.factory = factory   # replaced on reload: greeting name, size limit, idle timeout
@@ -147,6 +170,7 @@ class Daemon:
         server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.timeouts.shutdown
+        others = asyncio.gather(*(f.stop(deadline) for f in self.frontends))
         # Only the transactions open now may finish: a session is closed as soon as it has no
         # transaction, or has moved on to a new one (aiosmtpd makes a new envelope per
         # transaction), so a pipelining client cannot keep us up with more mail.
@@ -164,6 +188,7 @@ class Daemon:
         for session in busy:
             log.warning("shutdown: closing a session still in a transaction with 421")
             close_421(session)
+        await others
         await asyncio.sleep(0.1)  # let connection_lost run and the session tasks unwind
         tasks = list(self._tasks)
         for task in tasks:
@@ -223,6 +248,8 @@ class Daemon:
             old, in_flight = self.batcher, self._transactions()
             self.handler.reconfigure(config, batcher)
             self.gate.reconfigure(config)
+            for frontend in self.frontends:
+                frontend.reconfigure(config, batcher)
             self.factory = smtp_factory(config, self.handler, self.gate)
             self.config, self.batcher = config, batcher
             logsetup.set_level(config.log.level)
@@ -235,7 +262,8 @@ class Daemon:
     async def _retire(self, batcher: Any, in_flight: dict[Any, Any]) -> None:
         """Stop the old batcher once the transactions that started on it have finished."""
         try:
-            while any(is_open(s) and s.envelope is env for s, env in in_flight.items()):
+            while (any(is_open(s) and s.envelope is env for s, env in in_flight.items())
+                   or any(f.uses(batcher) for f in self.frontends)):
                 await asyncio.sleep(0.1)
         finally:
             await batcher.stop()

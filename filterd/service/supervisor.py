@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 from filterd.config import Config, load_config
 from filterd.errors import ConfigError
 from filterd.hostport import format_address, split_hostport
-from filterd.service import metrics
+from filterd.service import listeners, metrics
 from filterd.service.notify import Notifier
 from filterd.service.reload import pin_restart_keys, refused, reloaded
 from filterd.service.reports import Failed, Ready, Reloaded, Report, decode
@@ -68,12 +68,14 @@ class Supervisor:
         self.stopping = False
         self.done = asyncio.Event()
         self.reload_lock = asyncio.Lock()
+        self.frontend_socks: dict[str, socket.socket] = {}
         self.metrics_dir = tempfile.mkdtemp(prefix="filterd-metrics-")
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def amain(self) -> int:
         try:
             sock = self._bind()
+            self.frontend_socks = self._bind_frontends()
         except OSError as exc:
             log.error("cannot listen on %s: %s", self.config.listen, exc)
             return 1
@@ -87,6 +89,8 @@ class Supervisor:
         finally:
             stop_metrics()
             sock.close()
+            for name, other in self.frontend_socks.items():
+                _close(other, getattr(self.config, name).listen)
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def _bind(self) -> socket.socket:
@@ -96,6 +100,17 @@ class Supervisor:
         sock = socket.create_server(address, family=family, backlog=1024)
         sock.set_inheritable(True)
         return sock
+
+    def _bind_frontends(self) -> dict[str, socket.socket]:
+        """The milter/spamd sockets, bound once here and inherited by every worker."""
+        socks = {}
+        for name in ("milter", "spamd"):
+            section = getattr(self.config, name)
+            if section is not None:
+                socks[name] = listeners.bind(section.listen)
+                socks[name].set_inheritable(True)
+                log.info("%s listening on %s", name, listeners.describe(socks[name]))
+        return socks
 
     async def _serve(self, sock: socket.socket) -> int:
         loop = asyncio.get_running_loop()
@@ -175,7 +190,10 @@ class Supervisor:
             sys.executable, "-m", "filterd", "serve", "-c", self.config_path,
             "--worker", str(index), "--listen-fd", str(sock.fileno()),
             "--channel-fd", str(theirs.fileno()),
-            pass_fds=(sock.fileno(), theirs.fileno()), env=env, stdin=asyncio.subprocess.DEVNULL,
+            *(arg for name, other in self.frontend_socks.items()
+              for arg in (f"--{name}-fd", str(other.fileno()))),
+            pass_fds=(sock.fileno(), theirs.fileno(), *(o.fileno() for o in self.frontend_socks.values())),
+            env=env, stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True)   # Ctrl-C reaches the supervisor only; it passes it on once
         theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
@@ -250,6 +268,16 @@ class Supervisor:
         first = results[0]
         assert isinstance(first, Reloaded)
         reloaded(self.notifier, first.version, first.provider, log)
+
+
+def _close(sock: socket.socket, address: str) -> None:
+    """Close a front-end socket; one on a UNIX path we bound takes its file with it."""
+    sock.close()
+    if address.startswith("unix:"):
+        try:
+            os.unlink(address[5:])
+        except OSError:
+            pass
 
 
 def _why(report: Report) -> str:

@@ -21,25 +21,27 @@ from filterd.service.reports import Report, encode
 log = logging.getLogger(__name__)
 
 
-def run_worker(config_path: str, config: Config, listen_fd: int, channel_fd: int) -> int:
+def run_worker(config_path: str, config: Config, listen_fd: int, channel_fd: int,
+               frontend_fds: dict[str, int] | None = None) -> int:
     """One worker: the Daemon on the inherited socket, reporting over the channel."""
     # Until the Daemon installs its handlers, a SIGTERM (the supervisor stopping while we
     # load the model) ends this worker quietly: it has no sessions yet.
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
     sock = socket.socket(fileno=listen_fd)
     channel = socket.socket(fileno=channel_fd)
-    return asyncio.run(_worker_main(config_path, config, sock, channel))
+    frontends = {name: socket.socket(fileno=fd) for name, fd in (frontend_fds or {}).items()}
+    return asyncio.run(_worker_main(config_path, config, sock, channel, frontends))
 
 
 async def _worker_main(config_path: str, config: Config, sock: socket.socket,
-                       channel: socket.socket) -> int:
+                       channel: socket.socket, frontends: dict[str, socket.socket]) -> int:
     reader, writer = await asyncio.open_connection(sock=channel)
 
     def report(event: Report) -> None:
         log.debug("reporting %r", event)
         writer.write(encode(event))
 
-    daemon = Daemon(config_path, config, sock=sock, report=report)
+    daemon = Daemon(config_path, config, sock=sock, report=report, frontend_socks=frontends)
 
     async def watch_supervisor() -> None:
         await reader.read()   # returns at EOF: the supervisor is gone

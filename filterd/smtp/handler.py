@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import MISSING
 
 from filterd import verdict
+from filterd.pipeline import explain
+from filterd.scan import Record, State, scan
 from filterd.service import metrics
 from filterd.smtp import replies
 from filterd.smtp.gate import XFORWARD_ATTRS
@@ -30,15 +31,6 @@ from filterd.smtp.replies import Reply
 
 log = logging.getLogger(__name__)
 _EHLO_EXTRA = ["250-PIPELINING", "250-DSN"]
-
-
-@dataclass(frozen=True)
-class State:
-    """What a transaction uses from start to end, even if a reload swaps it meanwhile."""
-
-    config: Any
-    batcher: Any
-    policy: verdict.Policy
 
 
 class FilterHandler:
@@ -50,10 +42,7 @@ class FilterHandler:
 
     def reconfigure(self, config: Any, batcher: Any) -> None:
         """New config/scorer for new transactions; those in flight keep what they started with."""
-        policy = verdict.Policy.resolve(config.policy.tag_at, config.policy.reject_at,
-                                        batcher.scorer.thresholds,
-                                        str(getattr(batcher.scorer, "version", "")))
-        self.state = State(config, batcher, policy)
+        self.state = State.build(config, batcher)
 
     # Hooks. Each returns the reply line(s) aiosmtpd sends: str(Reply), or MISSING for
     # aiosmtpd's own reply.
@@ -120,7 +109,8 @@ class FilterHandler:
         txn = session.txn
         if txn is None:
             return str(replies.S451_NEXT_HOP_LOST)
-        record = Record(session, envelope)
+        record = Record("smtp", session.id, session.client, envelope.mail_from,
+                        len(envelope.rcpt_tos), len(envelope.content or b""))
         try:
             reply = await self._deliver(session.state, txn, envelope.content, record)
         except asyncio.CancelledError:
@@ -140,16 +130,16 @@ class FilterHandler:
 
     async def _deliver(self, state: State, txn: Any, data: bytes, record: Record) -> Reply:
         config = state.config
-        judged = await self._verdict(state, data, record)
+        scanned = await scan(state, data, record, explain=config.policy.report)
+        judged = scanned.verdict
         if judged is None:
             await txn.abort()
-            record.action = "tempfail"
             return replies.S451_SCORING_FAILED
         if judged.rejected:
             await txn.abort()
-            record.action = "rejected"
             return replies.S550_SPAM_REJECTED   # before-queue: all recipients or none
-        tagged = verdict.tag(data, judged, config.policy.subject_prefix)
+        report = explain.summary(scanned.explanation) if scanned.explanation else None
+        tagged = verdict.tag(data, judged, config.policy.subject_prefix, report)
         start = time.perf_counter()
         try:
             reply = await asyncio.wait_for(txn.data(tagged), config.timeouts.next_hop)
@@ -163,31 +153,6 @@ class FilterHandler:
             record.action = "relay_failed"
         return reply
 
-    async def _verdict(self, state: State, data: bytes, record: Record) -> verdict.Verdict | None:
-        """Score the message; None means "answer 451" (scoring failed, on_error: tempfail)."""
-        config = state.config
-        if len(data) > config.scoring.max_bytes:
-            record.action = "skipped"
-            return verdict.Verdict("Skipped")
-        start = time.perf_counter()
-        try:
-            score = await asyncio.wait_for(state.batcher.score(data), config.timeouts.scoring)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s scoring failed", record.session.id)
-            if config.scoring.on_error != "accept":
-                return None
-            record.action = "unscored"
-            return verdict.Verdict("Unknown")
-        record.scoring_s = time.perf_counter() - start
-        record.score = score
-        metrics.SCORING_SECONDS.observe(record.scoring_s)
-        metrics.SCORE.observe(score)
-        judged = state.policy.judge(score)
-        record.action = "tagged" if judged.flagged else "ham"
-        return judged
-
     # Transaction bookkeeping.
 
     async def _abort(self, session: Any) -> None:
@@ -195,26 +160,3 @@ class FilterHandler:
         txn = session.end_transaction()
         if txn is not None:
             await txn.abort()
-
-
-class Record:
-    """The facts of one message for its single INFO log line and the metrics."""
-
-    __slots__ = ("action", "envelope", "relay_s", "score", "scoring_s", "session")
-
-    def __init__(self, session: Any, envelope: Any) -> None:
-        self.session, self.envelope = session, envelope
-        self.score: float | None = None
-        self.action = "tempfail"
-        self.scoring_s = self.relay_s = 0.0
-
-    def log(self, reply: Reply) -> None:
-        metrics.MESSAGES.labels(self.action).inc()
-        session, envelope = self.session, self.envelope
-        log.info(
-            "%s client=%s from=<%s> rcpts=%d size=%d score=%s action=%s scoring_ms=%.1f "
-            "relay_ms=%.1f reply=%r",
-            session.id, session.client, envelope.mail_from, len(envelope.rcpt_tos),
-            len(envelope.content or b""), "-" if self.score is None else verdict.format_score(self.score),
-            self.action, self.scoring_s * 1000, self.relay_s * 1000, str(reply).split("\r\n")[-1],
-        )

@@ -1,0 +1,270 @@
+"""The milter front-end: the Sendmail milter protocol (version 6), as Postfix and Sendmail speak it.
+
+kilter.protocol does the wire format and checks the conversation (which reply may follow
+which event); this module reads packets, collects one message, and at end of message
+asks scan() for the verdict, then answers:
+
+    ham / tag  rename incoming X-Spam-* headers to X-Spam-Untrusted-* (delete + insert at
+               the same place, SMFIR_CHGHEADER / SMFIR_INSHEADER), insert ours at the top
+    reject     SMFIR_REPLYCODE 550 5.7.1 (the MTA answers its client at end of DATA)
+    trouble    SMFIR_REPLYCODE 451 4.3.0 (scoring failed, on_error: tempfail)
+
+Why kilter.protocol (docs/milter.md): it is sans-IO, so the connection, its limits and its
+lifecycle stay ours and asyncio's like every other listener; pymilter wraps libmilter's
+threads and a C build, purepythonmilter has had one alpha release.
+
+Bounds: a packet over MAX_PACKET closes the connection (the MTA applies its
+milter_default_action); the body is buffered only up to scoring.max_bytes, beyond which
+the message is not scored (X-Spam-Status: Skipped) and the rest is read and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from kilter.protocol import messages as m
+from kilter.protocol.buffer import SimpleBuffer
+from kilter.protocol.core import FilterProtocol
+from kilter.protocol.exceptions import UnexpectedMessage, UnknownMessage
+
+from filterd import verdict
+from filterd.pipeline import explain
+from filterd.scan import Record, State, scan
+from filterd.service.listeners import Conn, Listener
+from filterd.smtp import replies
+
+log = logging.getLogger(__name__)
+
+MAX_PACKET = (1 << 20) + 1024      # MTAs send body chunks of 64 KiB (at most 1 MiB with MDS_1M)
+_LENGTH = struct.Struct("!L")
+_FORGED = re.compile(r"X-Spam-(?!Untrusted-)", re.IGNORECASE)
+_WANT_ACTIONS = m.ActionFlags.ADD_HEADERS | m.ActionFlags.CHANGE_HEADERS
+# Events we do not need (HELO, unknown commands, DATA), and header values with their
+# leading space, so the message we rebuild reads as it arrived.
+_WANT_PROTOCOL = (m.ProtocolFlags.NO_HELO | m.ProtocolFlags.NO_UNKNOWN | m.ProtocolFlags.NO_DATA
+                  | m.ProtocolFlags.HEADER_LEADING_SPACE)
+
+
+# What kilter.protocol raises on a packet it cannot decode or does not expect now.
+_BAD_PACKET = (UnexpectedMessage, UnknownMessage, ValueError, struct.error, AssertionError,
+               UnicodeDecodeError, KeyError, IndexError)
+
+
+class MilterError(Exception):
+    """The MTA sent something we cannot go on from: the connection is closed."""
+
+
+@dataclass
+class Message:
+    """One message as the MTA hands it over."""
+
+    mail_from: str = ""
+    rcpts: int = 0
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    size: int = 0
+    oversized: bool = False
+    queue_id: str = ""
+
+    def raw(self) -> bytes:
+        """The message as the proxy would see it: header lines, empty line, body (CRLF)."""
+        lines = [name.encode("ascii", "replace") + b":" + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                 + b"\r\n" for name, value in self.headers]
+        return b"".join(lines) + b"\r\n" + bytes(self.body)
+
+
+class Session:
+    """One milter connection: many SMTP sessions' messages may pass over it, one at a time."""
+
+    def __init__(self, listener: Listener, conn: Conn) -> None:
+        self.listener, self.conn = listener, conn
+        self.proto = FilterProtocol()
+        self.client = conn.peer
+        self.leading_space = False
+        self.message = Message()
+
+    async def run(self) -> None:
+        timeout = self.listener.state.config.timeouts.idle
+        while True:
+            packet = await asyncio.wait_for(self._packet(), timeout)
+            if packet is None:
+                return
+            buf = SimpleBuffer(len(packet))
+            buf[:] = packet
+            try:
+                for event in self.proto.read_from(buf):
+                    if await self._handle(event) is False:
+                        return
+            except _BAD_PACKET as exc:
+                raise MilterError(f"malformed or unexpected packet: {exc!r}") from None
+
+    async def _packet(self) -> bytes | None:
+        """One length-prefixed packet (None at a clean end of stream), bounded."""
+        try:
+            head = await self.conn.reader.readexactly(_LENGTH.size)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise MilterError("truncated packet length") from None
+            return None
+        (length,) = _LENGTH.unpack(head)
+        if length == 0 or length > MAX_PACKET:
+            raise MilterError(f"packet of {length} bytes (limit {MAX_PACKET})")
+        try:
+            return head + await self.conn.reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise MilterError("truncated packet") from None
+
+    def _send(self, *answers: Any) -> None:
+        for answer in answers:
+            buf = SimpleBuffer(MAX_PACKET)
+            self.proto.write_to(buf, answer)
+            self.conn.writer.write(buf[:].tobytes())
+
+    async def _handle(self, event: Any) -> bool:
+        """React to one event; False ends the connection."""
+        msg = self.message
+        match event:
+            case m.Negotiate():
+                self._negotiate(event)
+            case m.Macro():
+                queue_id = event.macros.get("i")
+                if queue_id:
+                    msg.queue_id = queue_id
+            case m.Connect():
+                self.client = str(event.address) if event.address is not None else event.hostname
+                self._send(m.Continue())
+            case m.EnvelopeFrom():
+                self.message = Message(mail_from=bytes(event.sender).decode("utf-8", "replace").strip("<>"),
+                                       queue_id=msg.queue_id)
+                self._send(m.Continue())
+            case m.EnvelopeRecipient():
+                msg.rcpts += 1
+                self._send(m.Continue())
+            case m.Header():
+                self._header(event.name, bytes(event.value))
+                self._send(m.Continue())
+            case m.Body():
+                self._body(bytes(event.content))
+                self._send(m.Continue())
+            case m.EndOfMessage():
+                self._body(bytes(event.content))
+                await self._end_of_message()
+            case m.Abort():
+                self.message = Message()
+            case m.Close():
+                return False
+            case _:   # EndOfHeaders, and events we asked not to get but an MTA sent anyway
+                if self.proto.needs_response(event):
+                    self._send(m.Continue())
+        return True
+
+    def _negotiate(self, offer: m.Negotiate) -> None:
+        actions = offer.action_flags & _WANT_ACTIONS
+        if actions != _WANT_ACTIONS:
+            raise MilterError("the MTA does not let a milter add and change headers")
+        protocol = offer.protocol_flags & _WANT_PROTOCOL
+        self.leading_space = bool(protocol & m.ProtocolFlags.HEADER_LEADING_SPACE)
+        self._send(m.Negotiate(min(int(offer.version), 6), actions, protocol))
+
+    def _header(self, name: str, value: bytes) -> None:
+        msg = self.message
+        if not self.leading_space:
+            value = b" " + value
+        msg.size += len(name) + len(value) + 3
+        msg.headers.append((name, value))
+
+    def _body(self, chunk: bytes) -> None:
+        msg = self.message
+        msg.size += len(chunk)
+        if msg.oversized:
+            return
+        msg.body += chunk
+        if msg.size > self.listener.state.config.scoring.max_bytes:
+            msg.oversized = True      # not scored: stop buffering, keep only the headers
+            msg.body = bytearray()
+
+    async def _end_of_message(self) -> None:
+        msg, self.message = self.message, Message()
+        record = Record("milter", self.conn.id, self.client, msg.mail_from, msg.rcpts, msg.size)
+        record.queue_id = msg.queue_id
+        with self.listener.scanning(self.conn) as state:
+            answers = await self._verdict(state, msg, record)
+        self._send(*answers)
+        await self.conn.writer.drain()
+
+    async def _verdict(self, state: State, msg: Message, record: Record) -> list[Any]:
+        """The answers to end of message: header edits then Continue, or a reply code."""
+        if msg.oversized:
+            record.action = "skipped"
+            judged: verdict.Verdict | None = verdict.Verdict("Skipped")
+            why = None
+        else:
+            scanned = await scan(state, msg.raw(), record, explain=state.config.policy.report)
+            judged, why = scanned.verdict, scanned.explanation
+        if judged is None:
+            record.log(replies.S451_SCORING_FAILED)
+            return [_reply(replies.S451_SCORING_FAILED)]
+        if judged.rejected:
+            record.log(replies.S550_SPAM_REJECTED)
+            return [_reply(replies.S550_SPAM_REJECTED)]
+        record.log("continue")
+        report = explain.summary(why) if why is not None else None
+        changes = edits(msg.headers, judged, report, self.leading_space)
+        return [*changes, *self._subject(msg, judged, state.config.policy.subject_prefix), m.Continue()]
+
+    def _subject(self, msg: Message, judged: verdict.Verdict, prefix: str | None) -> list[Any]:
+        """policy.subject_prefix on flagged mail, as the proxy does (verdict.tag)."""
+        if not prefix or not judged.flagged:
+            return []
+        for name, value in msg.headers:
+            if name.lower() == "subject":
+                text = value.lstrip(b" ")
+                if text.startswith(prefix.encode()):
+                    return []
+                space = b" " if self.leading_space else b""
+                return [m.ChangeHeader(1, name, space + prefix.encode() + text)]
+        return [m.AddHeader("Subject", (b" " if self.leading_space else b"") + prefix.rstrip().encode())]
+
+
+def _reply(reply: replies.Reply) -> m.ReplyCode:
+    """SMFIR_REPLYCODE: "550 5.7.1 text", NUL-terminated; '%' is libmilter's escape."""
+    return m.ReplyCode(str(reply).replace("%", "%%").encode("ascii") + b"\0")
+
+
+def edits(headers: list[tuple[str, bytes]], judged: verdict.Verdict, report: str | None,
+          leading_space: bool) -> list[Any]:
+    """Rename forged X-Spam-* headers in place, then insert ours at the top.
+
+    Renames go last occurrence first: SMFIR_CHGHEADER counts occurrences of one name
+    (1-based), and deleting one renumbers the later ones; deleting then inserting at the
+    same position (SMFIR_INSHEADER, 0-based over all headers) keeps the others in place.
+    """
+    out: list[Any] = []
+    seen: dict[str, int] = {}
+    forged = []
+    for position, (name, value) in enumerate(headers):
+        key = name.lower()
+        seen[key] = seen.get(key, 0) + 1
+        if _FORGED.match(name):
+            forged.append((position, seen[key], name, value))
+    for position, occurrence, name, value in reversed(forged):
+        renamed = "X-Spam-Untrusted-" + name[len("X-Spam-"):]
+        out.append(m.ChangeHeader(occurrence, name, b""))
+        out.append(m.InsertHeader(position, renamed, value if leading_space else value.lstrip(b" ")))
+    space = b" " if leading_space else b""
+    for index, (name, text) in enumerate(verdict.headers(judged, report)):
+        out.append(m.InsertHeader(index, name, space + text.encode("ascii")))
+    return out
+
+
+async def serve(listener: Listener, conn: Conn) -> None:
+    """One milter connection, from negotiation to close."""
+    try:
+        await Session(listener, conn).run()
+    except MilterError as exc:
+        log.warning("%s milter %s protocol error, closing: %s", conn.id, conn.peer, exc)

@@ -1,0 +1,122 @@
+"""One message through the model, the same way for every front-end (SMTP proxy, milter, spamd).
+
+`scan()` applies the rules that decide whether and how a message is scored:
+
+* larger than `scoring.max_bytes`: not scored (X-Spam-Status: Skipped);
+* the model fails or takes longer than `timeouts.scoring`: `scoring.on_error` decides,
+  tempfail (the front-end answers 4xx and the MTA retries) or accept (X-Spam-Status: Unknown);
+* otherwise the Policy judges the score; with `explain`, the reasons are computed too.
+
+`Record` holds the facts of one message for its one INFO line and the metrics, which name
+the front-end (`frontend="smtp|milter|spamd"`), so an operator can tell the paths apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from filterd import verdict
+from filterd.pipeline import explain as explaining
+from filterd.service import metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class State:
+    """What a message is judged with from start to end, even if a reload swaps it meanwhile."""
+
+    config: Any
+    batcher: Any
+    policy: verdict.Policy
+
+    @classmethod
+    def build(cls, config: Any, batcher: Any) -> State:
+        scorer = batcher.scorer
+        policy = verdict.Policy.resolve(config.policy.tag_at, config.policy.reject_at,
+                                        scorer.thresholds, str(getattr(scorer, "version", "")))
+        return cls(config, batcher, policy)
+
+
+class Record:
+    """The facts of one message for its single INFO log line and the metrics."""
+
+    __slots__ = ("action", "client", "frontend", "id", "mail_from", "queue_id", "rcpts",
+                 "relay_s", "score", "scoring_s", "size")
+
+    def __init__(self, frontend: str, id: str, client: str, mail_from: str | None = None,
+                 rcpts: int = 0, size: int = 0) -> None:
+        self.frontend, self.id, self.client = frontend, id, client
+        self.mail_from, self.rcpts, self.size = mail_from, rcpts, size
+        self.queue_id = ""
+        self.score: float | None = None
+        self.action = "tempfail"
+        self.scoring_s = self.relay_s = 0.0
+
+    def log(self, reply: Any) -> None:
+        """`reply`: what the client was answered (a replies.Reply, or a protocol's own line)."""
+        metrics.MESSAGES.labels(self.frontend, self.action).inc()
+        queue = f" queue_id={self.queue_id}" if self.queue_id else ""
+        log.info(
+            "%s frontend=%s%s client=%s from=<%s> rcpts=%d size=%d score=%s action=%s scoring_ms=%.1f "
+            "relay_ms=%.1f reply=%r",
+            self.id, self.frontend, queue, self.client, self.mail_from or "", self.rcpts,
+            self.size, "-" if self.score is None else verdict.format_score(self.score),
+            self.action, self.scoring_s * 1000, self.relay_s * 1000, str(reply).split("\r\n")[-1],
+        )
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """The outcome: `verdict` None means "answer 4xx" (scoring failed, on_error: tempfail)."""
+
+    verdict: verdict.Verdict | None
+    explanation: explaining.Explanation | None = None
+
+
+async def scan(state: State, data: bytes, record: Record, *, explain: bool = False) -> Scanned:
+    """Score `data` under `state`'s config and policy; fills in `record`."""
+    config = state.config
+    if len(data) > config.scoring.max_bytes:
+        record.action = "skipped"
+        return Scanned(verdict.Verdict("Skipped"))
+    start = time.perf_counter()
+    try:
+        score, why = await asyncio.wait_for(_score(state.batcher, data, explain),
+                                            config.timeouts.scoring)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s scoring failed", record.id)
+        if config.scoring.on_error != "accept":
+            record.action = "tempfail"
+            return Scanned(None)
+        record.action = "unscored"
+        return Scanned(verdict.Verdict("Unknown"))
+    record.scoring_s = time.perf_counter() - start
+    record.score = score
+    metrics.SCORING_SECONDS.observe(record.scoring_s)
+    metrics.SCORE.observe(score)
+    judged = state.policy.judge(score)
+    record.action = "rejected" if judged.rejected else "tagged" if judged.flagged else "ham"
+    return Scanned(judged, why)
+
+
+async def _score(batcher: Any, data: bytes,
+                 explain: bool) -> tuple[float, explaining.Explanation | None]:
+    """The score through the batcher; the reasons, when asked, in the same executor
+    (they need the text pipeline and one more inference: never on the loop)."""
+    score = await batcher.score(data)
+    if not explain:
+        return score, None
+    loop = asyncio.get_running_loop()
+    try:
+        why = await loop.run_in_executor(batcher.executor, explaining.explain, batcher.scorer, data)
+    except Exception:   # the score stands; only its reasons are missing
+        log.exception("explaining a score failed")
+        return score, None
+    return score, why

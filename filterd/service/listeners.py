@@ -1,0 +1,166 @@
+"""The listeners of the milter and spamd front-ends: one asyncio stream server each.
+
+The SMTP listener is aiosmtpd's (daemon.py); the other front-ends are plain stream
+protocols, so they share this: bind (host:port or unix:/path, or a socket inherited from
+the supervisor), admit (allowed_networks, max_connections), keep the State that reload
+swaps, count the messages being scanned, and drain on stop. A front-end only supplies
+`serve(conn)`, one coroutine per connection, and never sees the socket set-up.
+
+Every connection runs in its own task, and any exception it did not handle is logged
+here with a traceback and the connection closed: a client costs itself, never the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from filterd.hostport import format_address, split_hostport
+from filterd.scan import State
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)   # hashed by identity: kept in a set
+class Conn:
+    """One client connection: its streams, a short id for the log, and its peer."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    id: str
+    peer: str
+    busy: bool = False            # scanning a message: drain lets it finish
+    states: list[State] = field(default_factory=list)
+
+
+def bind(address: str) -> socket.socket:
+    """A listening socket for "host:port" or "unix:/path" (a stale socket file is replaced)."""
+    if address.startswith("unix:"):
+        path = address[5:]
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.exists(path) and not os.path.isdir(path):
+                os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, 0o660)    # the MTA's group may connect, nobody else
+        sock.listen(1024)
+        return sock
+    host, port = split_hostport(address)
+    family, _type, _proto, _name, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    return socket.create_server(sockaddr, family=family, backlog=1024)
+
+
+def describe(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    return f"unix:{name}" if sock.family == socket.AF_UNIX else format_address(name)
+
+
+def _peer_address(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        addr = ipaddress.ip_address(str(peer[0]).split("%")[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
+
+
+class Listener:
+    """A stream server for one front-end (`name` is "milter" or "spamd")."""
+
+    def __init__(self, name: str, serve: Callable[[Listener, Conn], Awaitable[None]],
+                 config: Any, batcher: Any) -> None:
+        self.name, self._serve = name, serve
+        self.conns: set[Conn] = set()
+        self.server: asyncio.Server | None = None
+        self.address = ""
+        self.owned = False
+        self.reconfigure(config, batcher)
+
+    def reconfigure(self, config: Any, batcher: Any) -> None:
+        """New config/scorer for new messages; messages being scanned keep theirs."""
+        self.state = State.build(config, batcher)
+        self.allowed = [ipaddress.ip_network(n) for n in config.allowed_networks]
+
+    def uses(self, batcher: Any) -> bool:
+        """A message being scanned still uses `batcher` (reload waits before stopping it)."""
+        return any(s.batcher is batcher for c in self.conns for s in c.states)
+
+    @contextlib.contextmanager
+    def scanning(self, conn: Conn) -> Iterator[State]:
+        """The State one message is judged with; drain and reload wait while it is in use."""
+        state = self.state
+        conn.busy = True
+        conn.states.append(state)
+        try:
+            yield state
+        finally:
+            conn.busy = False
+            conn.states.remove(state)
+
+    async def start(self, sock: socket.socket, *, owned: bool = True) -> None:
+        """Serve on `sock`; `owned`: we bound it (a worker's inherited socket is not ours)."""
+        self.owned = owned
+        if sock.family == socket.AF_UNIX:
+            self.server = await asyncio.start_unix_server(self._accept, sock=sock)
+        else:
+            self.server = await asyncio.start_server(self._accept, sock=sock)
+        self.address = describe(sock)
+
+    def _admit(self, conn: Conn, sockname: Any) -> bool:
+        if isinstance(sockname, str):     # a UNIX socket: its file mode is the access check
+            return True
+        addr = _peer_address(conn.writer.get_extra_info("peername"))
+        if addr is None or not any(addr in net for net in self.allowed):
+            log.warning("%s %s %s refused: not in allowed_networks", conn.id, self.name, conn.peer)
+            return False
+        if len(self.conns) >= self.state.config.max_connections:
+            log.warning("%s %s %s refused: max_connections reached", conn.id, self.name, conn.peer)
+            return False
+        return True
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        conn = Conn(reader, writer, f"{os.getpid() % 100000:x}.{self.name[0]}{next(_ids):x}",
+                    str(peer[0]) if isinstance(peer, tuple) else "local")
+        if not self._admit(conn, writer.get_extra_info("sockname")):
+            writer.close()
+            return
+        self.conns.add(conn)
+        try:
+            await self._serve(self, conn)
+        except asyncio.CancelledError:
+            raise
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            log.debug("%s %s connection ended: %r", conn.id, self.name, exc)
+        except Exception:
+            log.exception("%s %s unexpected error; connection closed", conn.id, self.name)
+        finally:
+            self.conns.discard(conn)
+            writer.close()
+
+    async def stop(self, deadline: float) -> None:
+        """Stop accepting; let messages being scanned finish until `deadline` (loop time),
+        then close every connection (the MTA retries what was cut: milter_default_action)."""
+        if self.server is None:
+            return
+        self.server.close()
+        loop = asyncio.get_running_loop()
+        while any(c.busy for c in self.conns) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.conns):
+            conn.writer.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.server.wait_closed(), 1.0)
+        if self.owned and self.address.startswith("unix:"):
+            with contextlib.suppress(OSError):
+                os.unlink(self.address[5:])

@@ -1,0 +1,120 @@
+"""The spamd listener with SpamAssassin's own client, spamc, and hostile raw requests.
+
+The real `filterd serve` runs with `spamd: {listen: 127.0.0.1:0}` beside its SMTP port.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from filterd.spamd import points
+from filterd.verdict import Policy
+from tests.fixtures.frontends import exchange, frontend_port, require_spamc, spamc
+from tests.fixtures.postfix import corpus_messages
+
+pytestmark = [pytest.mark.slow]
+
+HAM = b"Subject: lunch\r\nFrom: a@example.org\r\n\r\nShall we meet for lunch on Tuesday at noon?\r\n"
+
+
+@pytest.fixture(scope="module")
+def served(daemon_factory: Any) -> tuple[Any, int]:
+    daemon = daemon_factory(spamd={"listen": "127.0.0.1:0"}, max_message_size=200_000,
+                            scoring={"max_bytes": 100_000})
+    return daemon, frontend_port(daemon, "spamd")
+
+
+@pytest.fixture(scope="module")
+def spam(corpus_dir: Path) -> bytes:
+    return corpus_messages(corpus_dir, "spam", 1)[0]
+
+
+def test_check_says_spam_with_points_and_exit_status(served: tuple[Any, int], spam: bytes) -> None:
+    require_spamc()
+    daemon, port = served
+    got = spamc(port, spam, "-c")
+    assert got.returncode == 1, got          # spamc -c: 1 = spam
+    score, threshold = (float(x) for x in got.out.decode().strip().split("/"))
+    assert threshold == 5.0 and score >= 5.0
+    ham = spamc(port, HAM, "-c")
+    assert ham.returncode == 0, ham
+    assert float(ham.out.decode().split("/")[0]) < 5.0
+    assert "frontend=spamd" in daemon.log()
+
+
+def test_report_and_symbols_name_the_features(served: tuple[Any, int], spam: bytes) -> None:
+    require_spamc()
+    _daemon, port = served
+    report = spamc(port, spam, "-R")
+    text = report.out.decode()
+    assert re.match(r"\d+\.\d/5\.0\n", text), text
+    assert "recurrent part of the network" in text and "all other n-grams" in text
+    assert re.search(r"[+-]\d+\.\d{3}  (word|chars) \"", text), text
+    symbols = spamc(port, spam, "-y")
+    names = symbols.out.decode().strip().split(",")
+    assert len(names) == 10 and all(re.fullmatch(r"FD_(WORD|CHARS)_[A-Z0-9_]+", n) for n in names), names
+
+
+def test_plain_spamc_returns_the_message_with_our_headers(served: tuple[Any, int], spam: bytes) -> None:
+    require_spamc()
+    _daemon, port = served
+    got = spamc(port, spam)
+    assert got.returncode == 0
+    head, _, body = got.out.partition(b"\r\n\r\n")
+    assert head.startswith(b"X-Spam-Flag: YES\r\nX-Spam-Score: ")
+    assert got.out.endswith(spam.partition(b"\r\n\r\n")[2])
+    forged = b"X-Spam-Flag: NO\r\n" + HAM
+    assert b"X-Spam-Untrusted-Flag: NO" in spamc(port, forged).out
+
+
+def test_ping_and_raw_protocol_answers(served: tuple[Any, int]) -> None:
+    _daemon, port = served
+    assert exchange(port, b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
+    answer = exchange(port, b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(HAM) + HAM)
+    assert re.fullmatch(rb"SPAMD/1\.5 0 EX_OK\r\nSpam: False ; -?\d+\.\d / 5\.0\r\n\r\n", answer), answer
+    headers = exchange(port, b"HEADERS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(HAM) + HAM)
+    assert b"\r\nContent-length: " in headers and headers.endswith(b"Subject: lunch\r\nFrom: a@example.org\r\n\r\n")
+
+
+@pytest.mark.parametrize("request_bytes, code", [
+    (b"GET / HTTP/1.0\r\n\r\n", b"76"),                                   # not spamd at all
+    (b"CHECK SPAMC/1.5\r\n\r\nhello", b"76"),                             # no Content-length
+    (b"CHECK SPAMC/1.5\r\nContent-length: x\r\n\r\n", b"76"),
+    (b"CHECK SPAMC/1.5\r\nContent-length: 5\r\nnonsense\r\n\r\nhello", b"76"),
+    (b"CHECK SPAMC/1.5\r\nContent-length: 999999999\r\n\r\n", b"65"),     # over max_message_size
+    (b"CHECK SPAMC/1.5\r\n" + b"X: y\r\n" * 40 + b"\r\n", b"76"),
+    (b"CHECK SPAMC/1.5\r\n" + b"A" * 100_000 + b"\r\n", b"76"),
+    (b"\x00\xff" * 50 + b"\r\n", b"76"),
+])
+def test_malformed_requests_get_a_protocol_error(served: tuple[Any, int], request_bytes: bytes,
+                                                 code: bytes) -> None:
+    daemon, port = served
+    answer = exchange(port, request_bytes)
+    assert answer.startswith(b"SPAMD/1.5 " + code + b" "), answer
+    assert daemon.alive()
+
+
+def test_vanishing_and_truncating_clients_cost_nothing(served: tuple[Any, int]) -> None:
+    daemon, port = served
+    for data in (b"", b"CHECK SPA", b"CHECK SPAMC/1.5\r\nContent-length: 500\r\n\r\nonly a bit"):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(data)
+    # an oversize-for-scoring message is answered, unscored, not refused
+    big = HAM + b"x" * 150_000 + b"\r\n"
+    answer = exchange(port, b"PROCESS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(big) + big)
+    assert b"Spam: False ; 0.0 / 5.0" in answer and b"X-Spam-Status: Skipped" in answer
+    assert exchange(port, b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
+    assert daemon.alive() and "Traceback" not in daemon.log()
+
+
+def test_points_put_the_thresholds_at_fixed_numbers() -> None:
+    policy = Policy(0.99, 0.9999)
+    assert points(0.99, policy, policy) == pytest.approx(5.0)
+    assert points(0.9999, policy, policy) == pytest.approx(10.0)
+    assert points(0.01, policy, policy) < points(0.5, policy, policy) < points(0.9, policy, policy) < 5.0
+    assert points(1.0, policy, policy) == 50.0
