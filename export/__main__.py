@@ -12,9 +12,24 @@ COMMANDS = {
 }
 
 
+USAGE = f"""usage: python -m export {{{'|'.join(COMMANDS)}}} [options]
+
+The filterd training pipeline (needs the train extra: pip install 'filterd[train]').
+
+  train         read a corpus, train, calibrate, export to ONNX and check it
+  evaluate      score a model on its test split (JSON metrics)
+  retrain       one retraining cycle on your own mail (config `retrain:`)
+  fetch-corpus  download the SpamAssassin public corpus, hash-checked
+
+`python -m export COMMAND --help` describes a command's options."""
+
+
 def main(argv: list[str]) -> int:
+    if argv in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m export {{{'|'.join(COMMANDS)}}} [options]", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     import importlib
 

@@ -7,14 +7,20 @@ stdin. Messages are scored in batches; the action is what the manifest's thresho
 "reject" at or above reject, "tag" at or above tag, else "pass". With --explain each line
 also carries "explanation": the logit, the recurrent part's share, and the top n-gram
 features with their signed contributions.
+
+Without --model: $FILTERD_MODEL, else the model beside the package in a checkout (or an
+editable install), else the one a normal `pip install` put in
+`<prefix>/share/filterd/model_artifacts` (pyproject.toml ships it as data files).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 from filterd.errors import ModelError
@@ -23,7 +29,8 @@ from filterd.pipeline import explain
 from filterd.pipeline.scorer import Scorer
 from filterd.verdict import Policy
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "model_artifacts"
+CHECKOUT_MODEL = Path(__file__).resolve().parent.parent / "model_artifacts"
+INSTALLED_MANIFEST = "share/filterd/model_artifacts/manifest.json"   # as pyproject.toml ships it
 BATCH = 256
 MAX_READ = 64 * 1024 * 1024
 
@@ -69,9 +76,33 @@ def _flush(scorer: Scorer, pending: list[tuple[str, bytes]], why: bool = False) 
     pending.clear()
 
 
+def installed_model() -> Path | None:
+    """The model folder a non-editable install of filterd carries, if there is one."""
+    try:
+        files = metadata.distribution("filterd").files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.as_posix().endswith(INSTALLED_MANIFEST):
+            return Path(str(file.locate())).parent
+    return None
+
+
+def default_model() -> Path:
+    """$FILTERD_MODEL, the checkout's model_artifacts/, or the installed one (in that order)."""
+    if os.environ.get("FILTERD_MODEL"):
+        return Path(os.environ["FILTERD_MODEL"])
+    if (CHECKOUT_MODEL / "manifest.json").exists():
+        return CHECKOUT_MODEL
+    installed = installed_model()
+    if installed is None:
+        raise ModelError("no model found: pass --model DIR or set FILTERD_MODEL")
+    return installed
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        scorer = Scorer.load(args.model or DEFAULT_MODEL, "auto")
+        scorer = Scorer.load(args.model or default_model(), "auto")
     except ModelError as exc:
         print(f"filterd classify: {exc}", file=sys.stderr)
         return 1

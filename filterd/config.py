@@ -275,6 +275,25 @@ def _cross_checks(config: Config) -> None:
         raise ConfigError(f"policy.reject_at: {reject} is below policy.tag_at ({tag})")
 
 
+def _no_duplicate_keys(node: yaml.Node | None, path: str = "") -> None:
+    """A key given twice in one mapping is an error naming its key path. YAML says keys are
+    unique (1.2 section 3.2.1.1), but PyYAML keeps the last one and drops the first block."""
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _no_duplicate_keys(item, f"{path}[{i}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = f"{path}.{key_node.value}" if path else str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(f"{key}: given twice (lines {seen[key]} and {line}); "
+                              "the first would be ignored")
+        seen[key] = line
+        _no_duplicate_keys(value_node, key)
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file; ConfigError names the offending key path."""
     try:
@@ -282,6 +301,7 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
+        _no_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None

@@ -39,6 +39,8 @@ BROKEN = [
     ("bad host name", "hostname: 'mail server'\n", "hostname"),
     ("bad network", "allowed_networks: [127.0.0.0/8, 10.0.0.0/40]\n", "allowed_networks[1]"),
     ("inconsistent thresholds", "policy:\n  tag_at: 0.9\n  reject_at: 0.5\n", "policy.reject_at"),
+    ("duplicate section", "policy:\n  tag_at: 0.5\nworkers: 1\npolicy:\n  reject_at: 0.9\n", "policy"),
+    ("duplicate nested key", "timeouts:\n  idle: 10\n  idle: 20\n", "timeouts.idle"),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import smtplib
 import subprocess
 import time
@@ -11,9 +12,10 @@ from typing import Any
 
 import aiosmtplib
 import pytest
+from prometheus_client import REGISTRY
 
 from filterd.smtp import replies
-from tests.fixtures.smtp import InProcessFilterd, wait_until
+from tests.fixtures.smtp import REPO, InProcessFilterd, wait_until
 from tests.fixtures.clients import code, ours_and_rest, raw, reply_of, said, talk
 
 SENDER = "sender@example.org"
@@ -36,8 +38,14 @@ def test_greeting_uses_configured_hostname(make_filterd: Any) -> None:
         assert reader.readline().startswith(b"220 filter.example.net ")
 
 
-def test_size_is_enforced(make_filterd: Any, sink: Any) -> None:
+def too_big_count() -> float:
+    return REGISTRY.get_sample_value("filterd_messages_total", {"frontend": "smtp", "action": "too_big"}) or 0.0
+
+
+def test_size_is_enforced_logged_and_counted(make_filterd: Any, sink: Any, caplog: Any) -> None:
     fd = make_filterd(max_message_size=4096)
+    before = too_big_count()
+    caplog.set_level(logging.INFO, logger="filterd")
     with smtplib.SMTP(fd.host, fd.port) as client:
         client.ehlo()
         assert client.esmtp_features["size"] == "4096"
@@ -52,6 +60,13 @@ def test_size_is_enforced(make_filterd: Any, sink: Any) -> None:
         wait_until(lambda: fd.gate.in_flight == 0, 10, "the transaction to end")
         assert client.sendmail(SENDER, ["r@example.org"], MESSAGE) == {}
     assert len(sink.wait_for(1)) == 1
+    assert too_big_count() == before + 2
+    lines = [r.getMessage() for r in caplog.records if "action=too_big" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert f"from=<{SENDER}> rcpts=0 size=10000 score=- action=too_big" in lines[0]
+    assert repr(str(replies.S552_SIZE_DECLARED)) in lines[0]
+    assert f"from=<{SENDER}> rcpts=1 size=4096 score=- action=too_big" in lines[1]
+    assert repr(str(replies.S552_TOO_MUCH_DATA)) in lines[1]
 
 
 def test_8bit_and_smtputf8_pass_through_with_their_parameters(filterd: Any, sink: Any) -> None:
@@ -319,3 +334,16 @@ def test_reconfigure_applies_to_new_transactions_only(filterd: Any, sink: Any) -
             after.sendmail(SENDER, ["r@example.org"], MESSAGE)
         assert said(refused.value) == replies.S550_SPAM_REJECTED
     assert len(sink.wait_for(1)) == 1
+
+
+def test_aiosmtpd_warnings_are_the_documented_ones(filterd: Any, caplog: Any) -> None:
+    """An unknown command: aiosmtpd answers and warns under `mail.log`, as docs/operations.md says."""
+    caplog.set_level(logging.WARNING)
+    got = talk(filterd.port, b"FOO bar\r\nQUIT\r\n", expect=2)
+    assert got == ['500 Error: command "FOO" not recognized', "221 Bye"]
+    warnings = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0][0] == "mail.log", warnings
+    assert warnings[0][1].endswith("unrecognised: FOO")
+    documented = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert "mail.log: ('192.0.2.7', 41234) unrecognised: FOO" in documented
+    assert "too many bogus commands" in documented

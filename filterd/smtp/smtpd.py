@@ -28,10 +28,11 @@ import logging
 import re
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Session, syntax
 
+from filterd.scan import Record
 from filterd.smtp import replies
 from filterd.smtp.gate import Gate
 
@@ -73,6 +74,7 @@ class FilterSMTP(SMTP):
         # aiosmtpd keeps this dict on the class; give each connection its own.
         self.command_size_limits = collections.defaultdict(lambda: FilterSMTP.command_size_limit)
         self.extra_params: list[str] = []
+        self.last_code = 0            # code of the last reply sent (see push)
 
     def _create_session(self) -> Session:
         """aiosmtpd has no hook: the factory method it documents for a Session subclass."""
@@ -113,27 +115,52 @@ class FilterSMTP(SMTP):
         # aiosmtpd spells the null reverse-path "<>"; keep that so the hooks see the same.
         return address or "<>", match.group(2)
 
+    async def push(self, status: AnyStr) -> None:
+        """aiosmtpd's public send; we note each reply's code, because some refusals are
+        aiosmtpd's own (552 over SIZE, 500 line too long) and we log and count those too."""
+        head = status[:3]
+        self.last_code = int(head) if head.isdigit() else 0
+        await super().push(status)
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         arg, self.extra_params = _take_params(arg, _MAIL_EXTRA)
         await super().smtp_MAIL(arg)
+        declared = re.search(r"\sSIZE=(\d+)", arg or "", re.IGNORECASE)
+        if (declared and int(declared.group(1)) > (self.data_size_limit or 0)
+                and self.last_code == replies.S552_SIZE_DECLARED.code):   # RFC 1870 6.1
+            sender = self._getaddr((arg or "").partition(":")[2])[0]
+            _too_big(self.session, sender, 0, int(declared.group(1)), replies.S552_SIZE_DECLARED)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         arg, self.extra_params = _take_params(arg, _RCPT_EXTRA)
         await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str | None) -> None:
+        envelope = self.envelope   # aiosmtpd makes a new one when the transaction ends
         await super().smtp_DATA(arg)
         # aiosmtpd answered 552 or 500 itself (too much data, line too long) and reset the
         # envelope without calling handle_DATA (aiosmtpd has no hook for that): RSET our
         # next-hop transaction too.
         session: Any = self.session
-        if session.txn is not None and self.envelope is not None and not self.envelope.mail_from:
+        if session.txn is not None and self.envelope is not envelope and envelope is not None:
+            if self.last_code == replies.S552_TOO_MUCH_DATA.code:
+                # aiosmtpd stops counting at the limit: the size logged is the limit
+                _too_big(session, envelope.mail_from, len(envelope.rcpt_tos),
+                         self.data_size_limit or 0, replies.S552_TOO_MUCH_DATA)
             await session.end_transaction().abort()
 
     @syntax("XFORWARD attribute=value ...")
     async def smtp_XFORWARD(self, arg: str | None) -> None:
         """A command aiosmtpd does not know: an smtp_* method is its documented extension point."""
         await self.push(str(self.gate.xforward(self.session, self.envelope, arg or "")))
+
+
+def _too_big(session: Any, sender: str | None, rcpts: int, size: int, reply: replies.Reply) -> None:
+    """The one message line and count (scan.Record) for a message over max_message_size."""
+    client = session.client or session.xforward.get("ADDR") or (session.peer or ["-"])[0]
+    record = Record("smtp", session.id, client, sender, rcpts, size)
+    record.action = "too_big"
+    record.log(reply)
 
 
 def _take_params(arg: str | None, names: frozenset[str]) -> tuple[str | None, list[str]]:
