@@ -220,7 +220,12 @@ class SpamdConfig:
 
 @dataclass(frozen=True)
 class RelayConfig:
-    pool_size: int = _opt(8, _integer(1, 1024))
+    # Idle connections kept per worker. Each holds one of the next hop's smtpd processes:
+    # workers x pool_size, plus one per delivery in progress, must fit its maxproc (README).
+    pool_size: int = _opt(4, _integer(1, 1024))
+    # Seconds an unused connection is kept before QUIT, as Postfix's own client does
+    # (smtp_connection_cache_time_limit = 2s); below Postfix's smtpd_timeout (300 s).
+    idle_timeout: float = _opt(2.0, _number(0, 300, lo_open=True))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ BROKEN = [
     ("wrong type nested", "scoring:\n  max_batch: 8.5\n", "scoring.max_batch"),
     ("wrong type section", "policy: 0.5\n", "policy"),
     ("out of range", "timeouts:\n  shutdown: -1\n", "timeouts.shutdown"),
+    ("out of range idle limit", "relay:\n  idle_timeout: 0\n", "relay.idle_timeout"),
     ("out of range threshold", "policy:\n  reject_at: 1.5\n", "policy.reject_at"),
     ("bad choice", "model:\n  device: tpu\n", "model.device"),
     ("bad host:port", "next_hop: mail.example.org\n", "next_hop"),

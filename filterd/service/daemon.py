@@ -86,6 +86,7 @@ class Daemon:
         self.gate = Gate(config)
         self.factory: Callable[[], Any] = lambda: None
         self.batcher: Any = None
+        self.relay: Relay | None = None
         self.executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -106,7 +107,8 @@ class Daemon:
             stack.callback(self.executor.shutdown, wait=False, cancel_futures=True)
             self.batcher = await self._start_batcher(self.config, scorer)
             stack.push_async_callback(lambda: self.batcher.stop())
-            relay = Relay(self.config)   # connects on demand; stop() closes the pooled ones
+            relay = self.relay = Relay(self.config)   # connects on demand
+            await relay.start()   # the pool's idle reaper; stop() QUITs the pooled connections
             stack.push_async_callback(relay.stop)
             self.handler = FilterHandler(self.config, self.batcher, relay)
             try:
@@ -178,6 +180,8 @@ class Daemon:
         for session in [s for s in self.sessions if s not in busy]:
             close_421(session)
         log.info("stopped accepting; %d session(s) in a transaction", len(busy))
+        if self.relay is not None:   # idle next-hop connections serve nobody now: QUIT them
+            await self.relay.stop()
         while busy and loop.time() < deadline and not self.forced.is_set():
             await asyncio.sleep(0.05)
             for session, envelope in list(busy.items()):
@@ -255,6 +259,8 @@ class Daemon:
             logsetup.set_level(config.log.level)
             self.report(Reloaded(scorer.version, scorer.provider))
             self._task(self._retire(old, in_flight))
+            if self.relay is not None:   # a reload starts afresh with the next hop, too
+                await self.relay.flush()
 
     def _transactions(self) -> dict[Any, Any]:
         return {s: s.envelope for s in self.sessions if is_open(s) and in_transaction(s)}

@@ -41,6 +41,14 @@ BATCH_SIZE = Histogram(
 NEXT_HOP_ERRORS = Counter(
     "filterd_next_hop_errors", "Next-hop failures, by kind", ["kind"]
 )  # kind: connect | timeout | tempfail | permfail | protocol
+NEXT_HOP_OPEN = Gauge(
+    "filterd_next_hop_connections", "Open connections to the next hop, in use or idle",
+    multiprocess_mode="livesum",
+)
+NEXT_HOP_IDLE = Gauge(
+    "filterd_next_hop_idle_connections", "Next-hop connections idle in the pool",
+    multiprocess_mode="livesum",
+)
 IN_FLIGHT = Gauge("filterd_sessions_in_flight", "Open SMTP sessions", multiprocess_mode="livesum")
 MODEL = Info("filterd_model", "The model being served")
 RELOADS = Counter("filterd_reloads", "Config/model reloads, by result", ["result"])  # ok | failed

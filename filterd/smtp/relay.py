@@ -15,20 +15,19 @@ only, RFC 5321 section 4.5.2, so we redo it on CRLF lines only).
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import aiosmtplib
 
 from filterd.service import metrics
 from filterd.smtp import replies
+from filterd.smtp.pool import Pool
 from filterd.smtp.replies import Reply
 from filterd.hostport import split_hostport
 from filterd.smtp.smtpd import greeting_name
 
 log = logging.getLogger(__name__)
 
-IDLE_MAX_S = 30.0        # drop pooled connections idle longer (Postfix smtpd times out at 300 s)
 SIZE_SLACK = 512         # our headers make the message a little larger than declared
 _ONE_WRITE = 256 * 1024  # below this, the message and the final dot go out in one write
 _XFORWARD_LINE = 400     # bytes of attributes per XFORWARD command (Postfix keeps them < 512)
@@ -46,34 +45,32 @@ def _addr(address: str) -> bytes:
 
 
 class Relay:
-    """Pooled aiosmtplib connections to `config.next_hop`."""
+    """Transactions to `config.next_hop` on pooled aiosmtplib connections (filterd/smtp/pool.py)."""
 
     def __init__(self, config: Any) -> None:
         self.host, self.port = split_hostport(config.next_hop)
         self.connect_timeout = float(config.timeouts.next_hop_connect)
         self.timeout = float(config.timeouts.next_hop)
-        self.pool_size = int(config.relay.pool_size)
         self.helo_name = greeting_name(config)
-        self._idle: list[tuple[float, aiosmtplib.SMTP]] = []
+        self.pool = Pool(self._connect, config.relay.pool_size, config.relay.idle_timeout)
+
+    async def start(self) -> None:
+        """Connections are made on demand; this starts the pool's idle reaper."""
+        await self.pool.start()
 
     async def stop(self) -> None:
-        idle, self._idle = self._idle, []
-        for _, smtp in idle:
-            smtp.close()
+        """QUIT the idle connections and keep none from now on (drain, then shutdown)."""
+        await self.pool.stop()
+
+    async def flush(self) -> None:
+        """QUIT the idle connections now (reload); pooling goes on."""
+        await self.pool.flush()
 
     async def open(self, xforward: dict[str, str] | None = None) -> Transaction:
         """A transaction on a pooled (or fresh) connection; never raises, failures become replies."""
         return Transaction(self, xforward or {})
 
-    # The pool. LIFO so that the busiest connections stay warm and idle ones age out.
-
-    async def _checkout(self) -> tuple[aiosmtplib.SMTP, bool]:
-        now = time.monotonic()
-        while self._idle:
-            since, smtp = self._idle.pop()
-            if smtp.is_connected and now - since < IDLE_MAX_S:
-                return smtp, True
-            smtp.close()
+    async def _connect(self) -> aiosmtplib.SMTP:
         smtp = aiosmtplib.SMTP(
             hostname=self.host, port=self.port, timeout=self.timeout,
             local_hostname=self.helo_name, start_tls=False, use_tls=False,
@@ -84,13 +81,7 @@ class Relay:
         except BaseException:
             smtp.close()
             raise
-        return smtp, False
-
-    def _release(self, smtp: aiosmtplib.SMTP) -> None:
-        if smtp.is_connected and len(self._idle) < self.pool_size:
-            self._idle.append((time.monotonic(), smtp))
-        else:
-            smtp.close()
+        return smtp
 
 
 class Transaction:
@@ -152,21 +143,21 @@ class Transaction:
         reply = await self._command(b"RSET")
         if reply.positive and not self.failed:
             smtp, self.smtp = self.smtp, None
-            self.relay._release(smtp)
+            self.relay.pool.release(smtp)
         else:
             self.close()
 
     def close(self) -> None:
         """Drop the connection without ceremony (client vanished, failure)."""
         if self.smtp is not None:
-            self.smtp.close()
+            self.relay.pool.discard(self.smtp)
             self.smtp = None
 
     # Internals.
 
     async def _connect(self) -> bool:
         try:
-            self.smtp, reused = await self.relay._checkout()
+            self.smtp, reused = await self.relay.pool.checkout()
         except Exception as exc:  # noqa: BLE001 - refused, unreachable, greeting 4xx/5xx, timeout
             log.warning("next hop %s:%s unreachable: %s", self.relay.host, self.relay.port, exc)
             metrics.NEXT_HOP_ERRORS.labels("connect").inc()
@@ -220,7 +211,7 @@ class Transaction:
         reply = self._reply(response)
         if self.smtp is not None and not self.failed:
             smtp, self.smtp = self.smtp, None
-            self.relay._release(smtp)
+            self.relay.pool.release(smtp)
         return reply
 
     def _reply(self, response: aiosmtplib.SMTPResponse) -> Reply:
