@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.prereq import missing
+
 REPO = Path(__file__).resolve().parent.parent
 
 pytest_plugins = [
@@ -26,7 +28,7 @@ def corpus_path() -> Path:
 def corpus_dir() -> Path:
     path = corpus_path()
     if not any(path.glob("*.tar.bz2")) and not path.is_dir():
-        pytest.skip(f"corpus not found at {path}; set FILTERD_CORPUS")
+        missing(f"corpus not found at {path}; set FILTERD_CORPUS")
     return path
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+from tests.fixtures.prereq import require_module
+
+require_module("torch")
 pytestmark = [pytest.mark.torch, pytest.mark.corpus, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent

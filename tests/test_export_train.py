@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.fixtures.prereq import require_module
+
+torch = require_module("torch")
 pytestmark = [pytest.mark.torch]
 
 from export.config import TrainConfig  # noqa: E402

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.prereq import missing
+
 from tests.fixtures.smtp import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -178,7 +180,7 @@ def child_of(pid: int) -> int | None:
 def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
     reason = why_not()
     if reason:
-        pytest.skip(f"cannot boot systemd here: {reason}")
+        missing(f"cannot boot systemd here: {reason}")
     base = tmp_path_factory.mktemp("boot")
     for sub in ("ovl", "root", "mail"):
         (base / sub).mkdir()
@@ -222,7 +224,7 @@ def wait_for_boot(proc: subprocess.Popen[bytes], base: Path) -> Booted:
     """The booted system once `systemctl is-system-running` answers; skip if it never boots."""
     for _ in range(600):
         if proc.poll() is not None:
-            pytest.skip(f"systemd did not boot here: {(base / 'boot.log').read_text()[-2000:]}")
+            missing(f"systemd did not boot here: {(base / 'boot.log').read_text()[-2000:]}")
         pid = child_of(proc.pid)
         if pid is not None and Path(f"/proc/{pid}/exe").resolve() == SYSTEMD.resolve():
             system = Booted(pid, base / "mail")
@@ -230,7 +232,7 @@ def wait_for_boot(proc: subprocess.Popen[bytes], base: Path) -> Booted:
             if state in ("running", "degraded"):
                 return system
         time.sleep(0.1)
-    pytest.skip(f"systemd did not finish booting: {(base / 'boot.log').read_text()[-2000:]}")
+    missing(f"systemd did not finish booting: {(base / 'boot.log').read_text()[-2000:]}")
 
 
 def swaks_ok(system: Booted) -> bool:

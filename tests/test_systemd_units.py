@@ -15,15 +15,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.prereq import missing
+
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 MAX_EXPOSURE = 2.0
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None or not SYSTEM_UNITS.is_dir(),
-    reason="systemd-analyze not installed (apt-get install systemd)",
-)
+
+
+@pytest.fixture(autouse=True)
+def _systemd_analyze() -> None:
+    if shutil.which("systemd-analyze") is None or not SYSTEM_UNITS.is_dir():
+        missing("systemd-analyze not installed (apt-get install systemd)")
 
 
 def exec_paths(unit: Path) -> list[str]:
