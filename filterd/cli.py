@@ -8,13 +8,13 @@ supervisor starts us with --worker, one of those workers (service/worker.py).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
 from filterd import __version__
 from filterd.config import Config, describe, load_config
 from filterd.errors import ConfigError
+from filterd.service import eventloop
 from filterd.service import log as logsetup
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,10 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     if config.worker_count() > 1:
         from filterd.service.supervisor import Supervisor
 
-        return asyncio.run(Supervisor(args.config, config).amain())
+        return eventloop.run(Supervisor(args.config, config).amain(), config.event_loop)
     from filterd.service.daemon import Daemon
 
-    return asyncio.run(Daemon(args.config, config).amain())
+    return eventloop.run(Daemon(args.config, config).amain(), config.event_loop)
 
 
 def check_config(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ Loading the model a config names is filterd/service/model.py; `check-config` is 
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 from collections.abc import Callable
@@ -252,6 +253,7 @@ class Config:
     metrics: str | None = _opt("127.0.0.1:9125", _nullable(_hostport(0)))
     hostname: str | None = _opt(None, _nullable(_hostname))
     workers: int | str = _opt(1, _workers)
+    event_loop: str = _opt("auto", _choice("auto", "uvloop", "asyncio"))
     allowed_networks: tuple[str, ...] = _opt(_LOOPBACK, _networks)
     xforward_networks: tuple[str, ...] = _opt(_LOOPBACK, _networks)
     max_message_size: int = _opt(52428800, _integer(1024))
@@ -278,6 +280,8 @@ def _cross_checks(config: Config) -> None:
     tag, reject = config.policy.tag_at, config.policy.reject_at
     if isinstance(tag, float) and isinstance(reject, float) and reject < tag:
         raise ConfigError(f"policy.reject_at: {reject} is below policy.tag_at ({tag})")
+    if config.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError("event_loop: uvloop is not installed (pip install 'filterd[fast]')")
 
 
 def _no_duplicate_keys(node: yaml.Node | None, path: str = "") -> None:

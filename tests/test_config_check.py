@@ -34,6 +34,7 @@ BROKEN = [
     ("out of range idle limit", "relay:\n  idle_timeout: 0\n", "relay.idle_timeout"),
     ("out of range threshold", "policy:\n  reject_at: 1.5\n", "policy.reject_at"),
     ("bad choice", "model:\n  device: tpu\n", "model.device"),
+    ("bad event loop", "event_loop: trio\n", "event_loop"),
     ("bad host:port", "next_hop: mail.example.org\n", "next_hop"),
     ("bad port", "listen: 127.0.0.1:70000\n", "listen"),
     ("bad IPv6 host:port", "metrics: '::1:9125'\n", "metrics"),

@@ -258,3 +258,17 @@ def test_reload_during_reload(make: Callable[..., Daemon], recorder: Sink, tmp_p
     assert daemon.problems() == []
     assert send(daemon.port, 1)[0] == 250
     assert len(recorder.wait_for(1)) == 1
+
+
+@pytest.mark.parametrize(("choice", "workers", "loop"), [("uvloop", 1, "uvloop"), ("uvloop", 2, "uvloop"),
+                                                         ("asyncio", 2, "asyncio")])
+def test_event_loop_choice(make: Callable[..., Daemon], recorder: Sink, choice: str,
+                           workers: int, loop: str) -> None:
+    """`event_loop` picks the loop that serves (the ready line names it); mail flows on both."""
+    daemon = make(workers=workers, event_loop=choice).start()
+    for n in range(3):
+        assert send(daemon.port, n)[0] == 250
+    recorder.wait_for(3)
+    ready = [line for line in daemon.log().splitlines() if "ready: listening" in line]
+    assert ready and ready[-1].endswith(f", {loop} event loop"), ready
+    assert daemon.problems() == []

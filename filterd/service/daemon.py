@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from typing import Any
 
+from filterd.service import eventloop
 from filterd.service import log as logsetup
 from filterd.service import metrics
 from filterd.smtp import replies
@@ -279,7 +280,8 @@ class Daemon:
         match report:
             case Ready(version, provider, address):
                 metrics.MODEL.info({"version": version, "provider": provider})
-                log.info("ready: listening on %s, model %s on %s", address, version, provider)
+                log.info("ready: listening on %s, model %s on %s, %s event loop", address, version,
+                         provider, eventloop.name(self.config.event_loop))
                 self.notifier.ready(f"listening on {address}, model {version}")
             case Reloaded(version, provider):
                 reloaded(self.notifier, version, provider)

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 from filterd.config import Config, load_config
 from filterd.errors import ConfigError
 from filterd.hostport import format_address, split_hostport
-from filterd.service import listeners, metrics
+from filterd.service import eventloop, listeners, metrics
 from filterd.service.notify import Notifier
 from filterd.service.reload import pin_restart_keys, refused, reloaded
 from filterd.service.reports import Failed, Ready, Reloaded, Report, decode
@@ -146,8 +146,8 @@ class Supervisor:
         version, provider = first.version, first.provider
         metrics.MODEL.info({"version": version, "provider": provider})
         address = format_address(sock.getsockname())
-        log.info("ready: listening on %s, %d workers, model %s on %s", address, count,
-                 version, provider)
+        log.info("ready: listening on %s, %d workers, model %s on %s, %s event loop", address,
+                 count, version, provider, eventloop.name(self.config.event_loop))
         self.notifier.ready(f"listening on {address}, {count} workers, model {version}")
         return True
 

@@ -15,6 +15,7 @@ import socket
 import sys
 
 from filterd.config import Config
+from filterd.service import eventloop
 from filterd.service.daemon import Daemon
 from filterd.service.reports import Report, encode
 
@@ -30,7 +31,8 @@ def run_worker(config_path: str, config: Config, listen_fd: int, channel_fd: int
     sock = socket.socket(fileno=listen_fd)
     channel = socket.socket(fileno=channel_fd)
     frontends = {name: socket.socket(fileno=fd) for name, fd in (frontend_fds or {}).items()}
-    return asyncio.run(_worker_main(config_path, config, sock, channel, frontends))
+    return eventloop.run(_worker_main(config_path, config, sock, channel, frontends),
+                         config.event_loop)
 
 
 async def _worker_main(config_path: str, config: Config, sock: socket.socket,
