@@ -1,0 +1,112 @@
+"""The milter listener behind a real Postfix (smtpd_milters, milter_protocol = 6), and hostile
+milter clients.
+
+swaks -> Postfix smtpd (smtpd_milters = inet:127.0.0.1:M) <-> filterd milter :M
+      -> queue -> recording sink.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.frontends import frontend_port
+from tests.fixtures.postfix import MailPath, corpus_messages, strip_spam_headers, swaks
+from tests.fixtures.smtp import unfold, wait_until
+
+pytestmark = [pytest.mark.postfix, pytest.mark.corpus, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def path(postfix_factory: Any) -> MailPath:
+    return postfix_factory("milter")
+
+
+@pytest.fixture(scope="module")
+def ham(corpus_dir: Path) -> list[bytes]:
+    return corpus_messages(corpus_dir, "ham", 2)
+
+
+@pytest.fixture(scope="module")
+def spam(corpus_dir: Path) -> list[bytes]:
+    return corpus_messages(corpus_dir, "spam", 3)
+
+
+def test_tags_at_the_top_and_renames_forged_headers(path: MailPath, spam: list[bytes],
+                                                    tmp_path: Path) -> None:
+    path.sink.clear()
+    forged = b"X-Spam-Flag: NO\r\nX-Spam-Status: No, trust me\r\n" + spam[0]
+    result = swaks(path.postfix.smtp_port, forged, tmp_path, to="spam@example.com")
+    assert result.data_reply().startswith("250"), result.transcript
+    got = path.sink.wait_for(1)[0]
+    head, body = got.split()
+    assert body == spam[0].partition(b"\r\n\r\n")[2]
+    lines = unfold(head)
+    ours = [line for line in lines if line.startswith(b"X-Spam-") and not line.startswith(b"X-Spam-Untrusted-")]
+    assert [line.split(b":")[0] for line in ours] == [b"X-Spam-Flag", b"X-Spam-Score", b"X-Spam-Status"]
+    assert got.header("X-Spam-Flag") == "YES"
+    assert got.header("X-Spam-Untrusted-Flag") == "NO"
+    assert got.header("X-Spam-Untrusted-Status") == "No, trust me"
+    original = strip_spam_headers(spam[0].partition(b"\r\n\r\n")[0])
+    assert strip_spam_headers(head)[-len(original):] == original
+    assert path.filterd is not None
+    log = path.filterd.log()
+    assert "frontend=milter" in log and "queue_id=" in log and "client=127.0.0.1" in log
+
+
+def test_reject_at_data_and_tempfail_while_filterd_is_down(path: MailPath, ham: list[bytes],
+                                                           spam: list[bytes], tmp_path: Path) -> None:
+    assert path.filterd is not None
+    path.sink.clear()
+    path.filterd.restart(policy={"reject_at": 0.0})
+    try:
+        result = swaks(path.postfix.smtp_port, spam[1], tmp_path, to="reject@example.com")
+        assert result.data_reply().startswith("550 5.7.1"), result.transcript
+    finally:
+        path.filterd.restart(policy={"reject_at": None})
+    path.filterd.stop()
+    down = swaks(path.postfix.smtp_port, ham[0], tmp_path, to="later@example.com")
+    assert down.data_reply().startswith("451"), down.transcript   # milter_default_action = tempfail
+    path.filterd.start()
+    again = swaks(path.postfix.smtp_port, ham[0], tmp_path, to="later@example.com")
+    assert again.data_reply().startswith("250"), again.transcript
+    got = path.sink.wait_for(1)
+    assert [m.rcpt_tos for m in got] == [["later@example.com"]]   # once, and nothing else
+    assert got[0].header("X-Spam-Flag") in ("YES", "NO")
+
+
+def _packet(kind: bytes, payload: bytes = b"") -> bytes:
+    return struct.pack("!L", len(payload) + 1) + kind + payload
+
+
+NEGOTIATE = _packet(b"O", struct.pack("!LLL", 6, 0x1FF, 0x1FFFFF))
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.0\r\n\r\n",                          # a length of 1195725856 bytes
+    b"\x00\x00",                                         # truncated length
+    NEGOTIATE + b"\x00\x00\x00\x10C",                    # truncated packet
+    NEGOTIATE + _packet(b"Z", b"junk"),                  # unknown command
+    NEGOTIATE + _packet(b"C", b"no-terminator"),         # malformed connect
+    _packet(b"O", b"\x00"),                              # malformed negotiate
+    NEGOTIATE + _packet(b"L", b"X-A\x00v\x00") * 2 + b"\x00" * 4,   # zero length
+])
+def test_hostile_milter_clients_are_cut_off_and_the_daemon_lives(path: MailPath, data: bytes) -> None:
+    assert path.filterd is not None
+    port = frontend_port(path.filterd, "milter")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)
+        while sock.recv(65536):
+            pass                                         # the server closes: EOF
+    wait_until(lambda: path.filterd is not None and path.filterd.alive(), 5, "filterd alive")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(NEGOTIATE)
+        answer = sock.recv(5)
+        assert answer[4:5] == b"O"                       # still negotiating with the next client
+    assert "Traceback" not in path.filterd.log()
