@@ -16,6 +16,7 @@ import smtplib
 import socket
 import urllib.request
 import uuid
+from typing import BinaryIO
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -272,3 +273,39 @@ def test_event_loop_choice(make: Callable[..., Daemon], recorder: Sink, choice: 
     ready = [line for line in daemon.log().splitlines() if "ready: listening" in line]
     assert ready and ready[-1].endswith(f", {loop} event loop"), ready
     assert daemon.problems() == []
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(make: Callable[..., Daemon],
+                                                           recorder: Sink) -> None:
+    """16 connections that arrive at once (an MTA opening its sessions) are all served, by both
+    workers: each worker accepts on its own SO_REUSEPORT socket, and the kernel hashes
+    connections over the sockets, so a socket nobody served would leave its share hanging."""
+    daemon = make(workers=2).start()
+    socks = [socket.create_connection(("127.0.0.1", daemon.port), timeout=60) for _ in range(16)]
+    try:
+        for n, sock in enumerate(socks):   # all 16 were queued before any session began
+            replies: BinaryIO = sock.makefile("rb")
+            assert _reply(replies).startswith(b"220")
+            for line in (b"EHLO client.test.invalid", b"MAIL FROM:<alice@example.org>",
+                         b"RCPT TO:<bob@example.org>"):
+                sock.sendall(line + b"\r\n")
+                assert _reply(replies).startswith(b"250")
+            sock.sendall(b"DATA\r\n")
+            assert _reply(replies).startswith(b"354")
+            sock.sendall(message(n) + b".\r\n")
+            assert _reply(replies).startswith(b"250")
+    finally:
+        for sock in socks:
+            sock.close()
+    recorder.wait_for(16)
+    lines = [line for line in daemon.log().splitlines() if " action=" in line]
+    per_worker = {w: sum(f"worker {w}: " in line for line in lines) for w in (1, 2)}
+    assert sum(per_worker.values()) == 16, lines
+    assert min(per_worker.values()) >= 2, per_worker
+
+
+def _reply(replies: BinaryIO) -> bytes:
+    """The last line of one (possibly multi-line) SMTP reply."""
+    while (line := replies.readline())[3:4] == b"-":
+        pass
+    return line

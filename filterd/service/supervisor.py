@@ -1,8 +1,13 @@
-"""`workers: N > 1`: a supervisor process and N worker processes sharing one listening socket.
+"""`workers: N > 1`: a supervisor process and N worker processes, one listening socket each.
 
-The supervisor binds the listening socket once (so `listen: host:0` works too) and starts
-each worker as `python -m filterd serve --worker I --listen-fd FD --channel-fd FD`; the
-kernel hands each new connection to whichever worker accepts it first, so both cores work.
+The supervisor binds one SMTP listening socket per worker, all on the same address with
+SO_REUSEPORT (the first fixes the port, so `listen: host:0` works too), and starts each
+worker as `python -m filterd serve --worker I --listen-fd FD --channel-fd FD` on its own.
+The kernel spreads new connections evenly over the sockets by a hash of their addresses.
+With one shared socket it did not: asyncio accepts every queued connection at each wake-up,
+so the first worker to wake took a whole burst (78 % of 16 sessions went to one of two
+workers in bench.profile) and one core did most of the work. The supervisor keeps every
+socket open, so connections that arrive for a worker being replaced wait in its queue.
 Each worker runs the ordinary Daemon (service/daemon.py) on the inherited socket and
 loads its own copy of the model (service/worker.py).
 
@@ -74,7 +79,7 @@ class Supervisor:
 
     async def amain(self) -> int:
         try:
-            sock = self._bind()
+            socks = self._bind(self.config.worker_count())
             self.frontend_socks = self._bind_frontends()
         except OSError as exc:
             log.error("cannot listen on %s: %s", self.config.listen, exc)
@@ -85,21 +90,32 @@ class Supervisor:
         registry.register(metrics.RELOADS)
         stop_metrics = metrics.serve(self.config.metrics, registry)
         try:
-            return await self._serve(sock)
+            return await self._serve(socks)
         finally:
             stop_metrics()
-            sock.close()
+            for sock in socks:
+                sock.close()
             for name, other in self.frontend_socks.items():
                 _close(other, getattr(self.config, name).listen)
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
-    def _bind(self) -> socket.socket:
+    def _bind(self, count: int) -> list[socket.socket]:
+        """One SMTP socket per worker on the same address (SO_REUSEPORT); the first picks the port."""
         host, port = split_hostport(self.config.listen)
         family, _type, _proto, _name, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.create_server(address, family=family, backlog=1024)
-        sock.set_inheritable(True)
-        return sock
+        socks: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                sock = socket.create_server(address, family=family, backlog=1024, reuse_port=True)
+                socks.append(sock)
+                sock.set_inheritable(True)
+                address = sock.getsockname()
+        except OSError:
+            for sock in socks:
+                sock.close()
+            raise
+        return socks
 
     def _bind_frontends(self) -> dict[str, socket.socket]:
         """The milter/spamd sockets, bound once here and inherited by every worker."""
@@ -112,15 +128,15 @@ class Supervisor:
                 log.info("%s listening on %s", name, listeners.describe(socks[name]))
         return socks
 
-    async def _serve(self, sock: socket.socket) -> int:
+    async def _serve(self, socks: list[socket.socket]) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop)
         loop.add_signal_handler(signal.SIGINT, self._stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._task(self._reload()))
         try:
-            if not await self._start_all(sock):
+            if not await self._start_all(socks):
                 return 1
-            await self._supervise(sock)
+            await self._supervise(socks)
             codes = await asyncio.gather(*(w.proc.wait() for w in self.workers))
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -128,9 +144,9 @@ class Supervisor:
         log.info("stopped")
         return 0 if all(code == 0 for code in codes) else 1
 
-    async def _start_all(self, sock: socket.socket) -> bool:
-        count = self.config.worker_count()
-        self.workers = [await self._spawn(i, sock) for i in range(1, count + 1)]
+    async def _start_all(self, socks: list[socket.socket]) -> bool:
+        count = len(socks)
+        self.workers = [await self._spawn(i, socks[i - 1]) for i in range(1, count + 1)]
         results = await asyncio.gather(*(self._expect(w, STARTUP_TIMEOUT) for w in self.workers))
         failed = [r for r in results if not isinstance(r, Ready)]
         if failed and not self.stopping:
@@ -145,13 +161,13 @@ class Supervisor:
         assert isinstance(first, Ready)
         version, provider = first.version, first.provider
         metrics.MODEL.info({"version": version, "provider": provider})
-        address = format_address(sock.getsockname())
+        address = format_address(socks[0].getsockname())
         log.info("ready: listening on %s, %d workers, model %s on %s, %s event loop", address,
                  count, version, provider, eventloop.name(self.config.event_loop))
         self.notifier.ready(f"listening on {address}, {count} workers, model {version}")
         return True
 
-    async def _supervise(self, sock: socket.socket) -> None:
+    async def _supervise(self, socks: list[socket.socket]) -> None:
         """Until stopped: a worker that dies is replaced (its sessions are lost, the rest go on)."""
         loop = asyncio.get_running_loop()
         while not self.stopping:
@@ -164,7 +180,8 @@ class Supervisor:
             for task in finished & exits.keys():
                 if self.stopping:
                     break
-                replaced = await self._replace(exits[task], sock)
+                dead = exits[task]
+                replaced = await self._replace(dead, socks[dead.index - 1])
                 if not replaced and not self.stopping:
                     self._stop()
 
