@@ -1,4 +1,4 @@
-"""`python -m export train | evaluate | retrain | fetch-corpus`: each sub-command lives in its own module."""
+"""`python -m export train | cv | evaluate | retrain | fetch-corpus`: each sub-command lives in its own module."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "train": "export.train",
     "evaluate": "export.evaluate",
+    "cv": "export.cv",
     "retrain": "export.retrain",
     "fetch-corpus": "export.corpus",
 }

@@ -24,7 +24,7 @@ from filterd.pipeline import features, text
 from filterd.pipeline.artifact import FORMAT, sha256_file
 from filterd.pipeline.vocab import Vocab
 
-LIBRARIES = ("torch", "onnx", "onnxruntime", "numpy")
+LIBRARIES = ("torch", "onnx", "onnxruntime", "numpy", "scikit-learn")
 
 
 def _versions() -> dict[str, str]:
@@ -48,7 +48,7 @@ def _corpus(parts: dict[str, list[Sample]], stats: ReadStats) -> dict:
 
 
 def write(out: Path, net: SpamNet, vocab: Vocab, idf: np.ndarray, *, cfg, mcfg, parts, stats,
-          metrics: dict, thresholds: dict, history: list, parity_items: list,
+          metrics: dict, thresholds: dict, history: list, combination: dict, parity_items: list,
           parity_logits: np.ndarray, seconds: float, argv: list[str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
@@ -62,8 +62,10 @@ def write(out: Path, net: SpamNet, vocab: Vocab, idf: np.ndarray, *, cfg, mcfg, 
     wide = net.wide.detach().cpu().numpy().astype(np.float32)
     np.save(out / "wide.npy", wide, allow_pickle=False)
     (out / "split.json").write_text(json.dumps(
-        {"seed": cfg.split_seed, "val_frac": cfg.val_frac, "test_frac": cfg.test_frac,
+        {"seed": cfg.split_seed, "val_frac": 0.0, "test_frac": cfg.test_frac,
          "rule": "sha256(seed as 8 little-endian bytes + message) -> uniform; < test_frac: test",
+         "folds": cfg.folds, "fold_rule": "sha256(b'filterd-cv\\0' + message), first 8 bytes "
+                                         "little-endian, mod folds",
          "sources": {k: sorted(s.source for s in v) for k, v in parts.items()}}, indent=0))
     to_onnx.export(net, out / "model.onnx")
     now = dt.datetime.now(dt.UTC)
@@ -71,10 +73,14 @@ def write(out: Path, net: SpamNet, vocab: Vocab, idf: np.ndarray, *, cfg, mcfg, 
         "format": FORMAT, "version": now.strftime("%Y%m%d-%H%M%S") + f"-s{cfg.seed}",
         "created": now.isoformat(timespec="seconds"), "text": spec,
         "model": {"hidden": mcfg.hidden, "embed": mcfg.embed, "vocab_size": len(vocab),
-                  "design": "embedding-GRU-pooling + hashed word/char n-gram linear branch, "
-                            "summed logits, per-branch auxiliary losses",
+                  "design": "embedding-GRU-pooling (trained alone) + hashed word/char n-gram "
+                            "LinearSVC (trained alone), combined by a logistic regression "
+                            "on out-of-fold logits",
+                  "combination": combination,
                   "opset": to_onnx.OPSET},
-        "thresholds": thresholds, "metrics": metrics, "corpus": _corpus(parts, stats),
+        "thresholds": thresholds,
+        "thresholds_from": "out-of-fold scores of the combined model (cross-validation)",
+        "metrics": metrics, "corpus": _corpus(parts, stats),
         "split_seed": cfg.split_seed, "train_config": as_dict(cfg), "model_config": as_dict(mcfg),
         "history": history, "train_seconds": round(seconds, 1), "command": argv,
         "libraries": _versions(),

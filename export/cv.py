@@ -25,7 +25,7 @@ import torch
 from export import metrics, recipe
 from export.corpus import ReadStats, iter_corpus
 from export.model import ModelConfig
-from filterd import text
+from filterd.pipeline import text
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

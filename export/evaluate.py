@@ -78,7 +78,11 @@ def main(argv: list[str]) -> int:
     for path in args.spam:
         samples += iter_path(path, 1, stats)
     if not samples:
-        print("evaluate: no messages to score", file=sys.stderr)
+        hint = ""
+        if args.corpus is not None and args.split == "test":
+            hint = (" (a model trained on all mail, test_frac 0, has no test split: give "
+                    "--ham/--spam mail it never saw, or --split all)")
+        print(f"evaluate: no messages to score{hint}", file=sys.stderr)
         return 1
     figures = report(scorer, samples)
     figures["malformed_skipped"] = stats.malformed

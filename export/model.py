@@ -1,11 +1,14 @@
 """The network: a GRU over tokens (deep) beside a linear layer over hashed n-grams (wide).
 
-    tokens ─ embedding ─ GRU ─ [last, running max, running mean] ─ linear ─ logit_rnn ─┐
-                                                                                    (+) logit
-    hashed n-gram weights ─────────────── gather · multiply · sum ─ logit_wide ───────┘
+    tokens ─ embedding ─ GRU ─ [last, running max, running mean] ─ linear ─ logit_rnn ─ × a_rnn ─┐
+                                                                                            (+) logit
+    hashed n-gram weights ─────────────── gather · multiply · sum ─ (+ bias) ─ logit_wide ────┘
 
-Each branch has its own loss beside the loss of the sum (see train.py), so both stay real
-classifiers; the sum is the score we ship. Training runs the GRU on packed sequences;
+Each half is trained alone, for itself (export/recipe.py), so both are real classifiers;
+the whole is their learned combination: a_wide · wide + a_rnn · rnn + bias, with a_wide
+and the bias folded into the wide weights and bias (so the wide weights are exactly what
+each bucket adds to the whole logit) and a_rnn kept as the buffer `rnn_weight`.
+Training runs the GRU on packed sequences;
 `step` is the exported form: one chunk of a padded batch plus the carried state, which
 gives the same numbers (the GRU output at a sample's last real token is its state there,
 whatever padding follows, because the GRU only looks back).
@@ -28,7 +31,7 @@ class ModelConfig:
     embed: int = 64
     hidden: int = 96              # 128 was no better on validation and 1.6x slower to run
     buckets: int = BUCKETS
-    dropout: float = 0.1
+    dropout: float = 0.3          # on the pooled GRU features (cross-validated, docs/model.md)
 
 
 class SpamNet(nn.Module):
@@ -42,10 +45,14 @@ class SpamNet(nn.Module):
         # The wide weights start at zero: the branch begins neutral and learns fast.
         self.wide = nn.Parameter(torch.zeros(cfg.buckets))
         self.wide_bias = nn.Parameter(torch.zeros(1))
+        # The GRU logit's weight in the whole (learned on out-of-fold logits; 1 = a plain sum).
+        self.register_buffer("rnn_weight", torch.ones(1))
 
     def wide_logit(self, feat_ids: torch.Tensor, feat_w: torch.Tensor) -> torch.Tensor:
-        # (batch, k) ids and weights → (batch,): a sparse dot product
-        return (self.wide[feat_ids] * feat_w).sum(dim=1)
+        # (batch, k) ids and weights → (batch,): a sparse dot product, summed in float64:
+        # a message can have 50 000 features, and onnxruntime's float32 ReduceSum was then
+        # off by 2e-4 from torch's (and from numpy's float64 over wide.npy).
+        return (self.wide[feat_ids].double() * feat_w.double()).sum(dim=1).float()
 
     def pooled_logit(self, h: torch.Tensor, run_max: torch.Tensor, run_sum: torch.Tensor,
                      count: torch.Tensor) -> torch.Tensor:
@@ -64,7 +71,7 @@ class SpamNet(nn.Module):
         run_sum = (out * mask.unsqueeze(2)).sum(dim=1)
         logit_rnn = self.pooled_logit(h_n[0], run_max, run_sum, lengths.float())
         logit_wide = self.wide_logit(feat_ids, feat_w) + self.wide_bias
-        return logit_rnn + logit_wide, logit_rnn, logit_wide
+        return logit_wide + self.rnn_weight * logit_rnn, logit_rnn, logit_wide
 
     def step(self, tokens: torch.Tensor, lengths: torch.Tensor, feat_ids: torch.Tensor,
              feat_w: torch.Tensor, h: torch.Tensor, run_max: torch.Tensor, run_sum: torch.Tensor,
@@ -79,7 +86,7 @@ class SpamNet(nn.Module):
         new_wide = wide_sum + self.wide_logit(feat_ids, feat_w)
         logit_rnn = self.pooled_logit(last, new_max, new_sum, new_count)
         logit_wide = new_wide + self.wide_bias
-        return (logit_rnn + logit_wide, logit_rnn, logit_wide,
+        return (logit_wide + self.rnn_weight * logit_rnn, logit_rnn, logit_wide,
                 last, new_max, new_sum, new_count, new_wide)
 
 

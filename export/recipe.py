@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from export.dataset import Batch, batches
 from export.model import ModelConfig, SpamNet
-from filterd import features
-from filterd.text import Analysis, Prepared
-from filterd.vocab import Vocab
+from filterd.pipeline import features
+from filterd.pipeline.text import Analysis, Prepared
+from filterd.pipeline.vocab import Vocab
 
 
 def fold_of(raw: bytes, folds: int) -> int:
@@ -81,7 +81,7 @@ def fit_wide_svm(items: Sequence[Prepared], labels: np.ndarray,
     """LinearSVC (squared hinge, L2) on the hashed features: (weights (BUCKETS,), bias)."""
     from sklearn.svm import LinearSVC
 
-    svm = LinearSVC(C=c, max_iter=5000, tol=1e-5)
+    svm = LinearSVC(C=c, max_iter=5000, tol=1e-5, random_state=0)
     svm.fit(sparse_matrix(items), labels)
     return svm.coef_[0].astype(np.float32), float(svm.intercept_[0])
 

@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.torch, pytest.mark.corpus, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--set", "max_messages=300", "--set", "epochs=2", "--set", "max_tokens=48",
         "--set", "vocab_size=3000", "--set", "hidden=16", "--set", "embed=16",
-        "--set", "threads=1", "--set", "batch_size=32"]
+        "--set", "threads=1", "--set", "batch_size=32", "--set", "test_frac=0.15",
+        "--set", "folds=3"]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,23 @@ def test_artifact_is_complete_and_small(tiny_model: Path) -> None:
         for part in ("whole", "rnn", "wide"):
             assert 0.0 <= manifest["metrics"][split][part]["auc"] <= 1.0
     assert manifest["text"]["max_tokens"] == 48
+    assert set(manifest["model"]["combination"]) == {"a_wide", "a_rnn", "bias"}
+    for part in ("whole", "rnn", "wide"):
+        assert set(manifest["metrics"]["cv"][part]["auc"]) == {"mean", "min", "max"}
+
+
+def test_wide_weights_are_the_wide_contribution_to_the_whole_logit(tiny_model: Path) -> None:
+    from filterd.pipeline.scorer import Scorer
+
+    scorer = Scorer.load(tiny_model, "cpu")
+    a_rnn = json.loads((tiny_model / "manifest.json").read_text())["model"]["combination"]["a_rnn"]
+    items = [scorer.prepare(b"Subject: cheap pills %d\r\n\r\nbuy now, friend %d" % (i, i))
+             for i in range(5)]
+    logits = scorer.infer_logits(items)
+    wide = np.array([np.dot(scorer.wide_weights[p.feat_ids], p.feat_w) for p in items])
+    rest = logits[:, 0] - wide - a_rnn * logits[:, 1]       # the bias: one constant
+    assert np.allclose(rest, rest[0], atol=1e-4)
+    assert np.allclose(logits[:, 2] - wide, rest[0], atol=1e-4)
     assert sum(f.stat().st_size for f in tiny_model.iterdir()) < 20 * 1024 * 1024
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("sklearn")
+from tests.fixtures.prereq import require_module
+
+require_module("torch")
+require_module("sklearn")
 pytestmark = [pytest.mark.torch]
 
 from export import recipe  # noqa: E402
-from filterd.text import Prepared  # noqa: E402
+from filterd.pipeline.text import Prepared  # noqa: E402
 
 
 def test_folds_keep_duplicates_together_and_hold_every_message_once() -> None:

@@ -1,57 +1,59 @@
-"""Training pieces on small synthetic batches: the loss terms and the wide branch trained first."""
+"""Training pieces on small synthetic data: the GRU trained alone, averaging, the folded combination."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.fixtures.prereq import require_module
 
 torch = require_module("torch")
+require_module("sklearn")
 pytestmark = [pytest.mark.torch]
 
-from export.config import TrainConfig  # noqa: E402
-from export.dataset import Batch  # noqa: E402
-from export.model import ModelConfig, SpamNet  # noqa: E402
-from export.train import fit_wide, loss_fn  # noqa: E402
+from export import recipe  # noqa: E402
+from export.model import ModelConfig  # noqa: E402
+from export.train import fold_in  # noqa: E402
+from filterd.pipeline.text import Prepared  # noqa: E402
 
 
-def _batches(n: int = 8) -> list[Batch]:
-    """Spam carries feature 7, ham feature 3; both carry the shared feature 5."""
-    out = []
-    for b in range(n):
-        labels = torch.tensor([float((b + i) % 2) for i in range(4)])
-        feat_ids = torch.stack([torch.tensor([7 if y else 3, 5]) for y in labels])
-        feat_w = torch.full((4, 2), 0.7)
-        ids = torch.ones((4, 3), dtype=torch.int64)
-        out.append(Batch(ids, torch.full((4,), 3), feat_ids, feat_w, labels))
-    return out
+def _items(n: int = 64) -> tuple[list[Prepared], np.ndarray]:
+    """Spam says token 2 then 3, ham token 3 then 2; features tell the same story."""
+    labels = (np.arange(n) % 2).astype(np.int64)
+    items = [Prepared(np.array([2, 3, 1] if y else [3, 2, 1], np.int64),
+                      np.array([7 if y else 3, 5], np.int64), np.full(2, 0.7, np.float32))
+             for y in labels]
+    return items, labels
 
 
-def test_wide_first_learns_the_separating_features_and_averages_runs() -> None:
-    net = SpamNet(ModelConfig(vocab_size=4, embed=4, hidden=4, buckets=16))
-    cfg = TrainConfig(wide_first=2, wide_runs=3, wide_lr=0.1, wide_label_smoothing=0.0)
-    fit_wide(cfg, net, _batches(), torch.device("cpu"))
-    assert net.wide[7] > 0.5 and net.wide[3] < -0.5
-    assert net.wide[0] == 0 and net.wide[15] == 0     # never seen: still zero
+def test_gru_alone_learns_order_and_leaves_the_wide_half_alone() -> None:
+    items, labels = _items()
+    net = recipe.new_net(ModelConfig(vocab_size=4, embed=4, hidden=8, buckets=16, dropout=0.0), 1)
+    snaps = recipe.fit_rnn(net, items, labels, epochs=25, lr=0.03, weight_decay=0.0,
+                           batch_size=16, seed=1)
+    assert len(snaps) == 25 and float(net.wide.abs().sum()) == 0.0
+    logits = recipe.rnn_logits(net, items)
+    assert ((logits > 0) == labels.astype(bool)).all()      # a bag of tokens could not
+    avg = recipe.average_states(snaps[-3:])
+    assert torch.allclose(avg["head.bias"], sum(s["head.bias"] for s in snaps[-3:]) / 3)
 
 
-def test_wide_drop_one_leaves_the_wide_logit_out_of_the_sum() -> None:
-    labels = torch.tensor([1.0, 0.0])
-    rnn, wide = torch.tensor([0.3, -0.2]), torch.tensor([5.0, 5.0])
-    out = (rnn + wide, rnn, wide)
-    cfg = TrainConfig(label_smoothing=0.0, wide_label_smoothing=0.0, aux_weight=0.0)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-    assert float(loss_fn(out, labels, cfg)) == pytest.approx(float(bce(rnn + wide, labels)))
-    cfg.wide_drop = 1.0
-    assert float(loss_fn(out, labels, cfg)) == pytest.approx(float(bce(rnn, labels)))
+class _Fitted:
+    def __init__(self, net, w: np.ndarray, b: float) -> None:
+        self.net, self.w, self.b = net, w, b
 
 
-def test_wide_smoothing_is_its_own_setting() -> None:
-    labels = torch.tensor([1.0, 0.0])
-    zero = torch.zeros(2)
-    big = torch.tensor([20.0, -20.0])
-    cfg = TrainConfig(label_smoothing=0.0, wide_label_smoothing=0.1, aux_weight=1.0)
-    smoothed = float(loss_fn((big, big, big), labels, cfg))
-    cfg.wide_label_smoothing = 0.0
-    assert float(loss_fn((big, big, big), labels, cfg)) < smoothed
-    assert float(loss_fn((zero, zero, zero), labels, cfg)) > 0
+def test_folded_combination_is_what_the_network_computes() -> None:
+    items, labels = _items(8)
+    net = recipe.new_net(ModelConfig(vocab_size=4, embed=4, hidden=8, buckets=16), 1)
+    w = np.zeros(16, np.float32)
+    w[7], w[3] = 1.5, -2.0
+    comb = recipe.Combination(a_wide=3.0, a_rnn=0.25, bias=-0.5)
+    rnn = recipe.rnn_logits(net, items)
+    expected = comb.apply(recipe.wide_logits(w, 0.1, items), rnn)
+    shipped = fold_in(_Fitted(net, w, 0.1), comb)
+    got = recipe.all_logits(shipped, items)
+    assert np.allclose(got[:, 0], expected, atol=1e-5)
+    assert np.allclose(got[:, 1], rnn, atol=1e-6)
+    # the wide weights are exactly each bucket's contribution to the whole logit
+    assert float(shipped.wide.detach()[7]) == pytest.approx(4.5)
