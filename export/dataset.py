@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from filterd.pipeline.padding import pad
 from filterd.pipeline.text import Prepared
 
 
@@ -20,16 +21,10 @@ class Batch(NamedTuple):
 
 
 def collate(items: Sequence[Prepared], labels: Sequence[int]) -> Batch:
-    n = len(items)
     lengths = np.array([len(p.ids) for p in items], dtype=np.int64)
-    width = max(len(p.feat_ids) for p in items)
-    ids = np.zeros((n, int(lengths.max())), np.int64)
-    feat_ids = np.zeros((n, width), np.int64)
-    feat_w = np.zeros((n, width), np.float32)
-    for i, p in enumerate(items):
-        ids[i, : len(p.ids)] = p.ids
-        feat_ids[i, : len(p.feat_ids)] = p.feat_ids
-        feat_w[i, : len(p.feat_w)] = p.feat_w
+    ids = pad([p.ids for p in items], np.int64)
+    feat_ids = pad([p.feat_ids for p in items], np.int64)
+    feat_w = pad([p.feat_w for p in items], np.float32)
     return Batch(torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(feat_ids),
                  torch.from_numpy(feat_w), torch.tensor(list(labels), dtype=torch.float32))
 

@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from filterd.pipeline import text
 from filterd.errors import DeviceError, ModelError
+from filterd.pipeline.padding import pad
 from filterd.pipeline.artifact import read_manifest
 from filterd.pipeline.features import load_buckets
 from filterd.pipeline.text import Prepared
@@ -133,19 +134,13 @@ class Scorer:
                  "run_sum": np.zeros((n, h), np.float32), "count": np.zeros(n, np.float32),
                  "wide_sum": np.zeros(n, np.float32)}
         logits = np.zeros((n, 3), dtype=np.float64)
-        width = max(len(p.feat_ids) for p in batch)
-        feat_ids = np.zeros((n, width), np.int64)
-        feat_w = np.zeros((n, width), np.float32)
-        for i, p in enumerate(batch):
-            feat_ids[i, : len(p.feat_ids)] = p.feat_ids
-            feat_w[i, : len(p.feat_w)] = p.feat_w
+        feat_ids = pad([p.feat_ids for p in batch], np.int64)   # (batch, k)
+        feat_w = pad([p.feat_w for p in batch], np.float32)
         for start in range(0, int(lengths.max()), self.chunk_tokens):
             active = np.flatnonzero(lengths > start)     # messages with tokens left
             span = np.minimum(lengths[active] - start, self.chunk_tokens)
-            tokens = np.zeros((active.size, int(span.max())), np.int64)   # (batch, time)
-            for row, index in enumerate(active.tolist()):
-                chunk = batch[index].ids[start:start + self.chunk_tokens]
-                tokens[row, : chunk.size] = chunk
+            tokens = pad([batch[i].ids[start:start + self.chunk_tokens] for i in active.tolist()],
+                         np.int64)   # (batch, time)
             first = start == 0   # the features go in once, with the first chunk
             feeds = {"tokens": tokens, "lengths": span,
                      "feat_ids": feat_ids[active] if first else np.zeros((active.size, 1), np.int64),
