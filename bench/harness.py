@@ -7,6 +7,7 @@ the repository root (`python -m bench.e2e`, ...).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,3 +211,31 @@ def write_results(name: str, results: dict) -> Path:
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path.relative_to(REPO)}")
     return path
+
+
+class RecordingSink:
+    """The next hop for the memory bench: aiosmtpd in a thread of this process, keeping the
+    SHA-256 of each message it gets with filterd's X-Spam-* headers taken off the top, so
+    the bench can tell that what was sent arrived byte for byte (and hold no copy)."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.digests: list[str] = []
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port,
+                                     data_size_limit=0)
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        data = envelope.original_content
+        while data.startswith((b"X-Spam-", b" ", b"\t")):   # ours, prepended (and folded)
+            data = data[data.index(b"\r\n") + 2:]
+        self.digests.append(hashlib.sha256(data).hexdigest())
+        return "250 2.0.0 Ok"
+
+    def __enter__(self) -> RecordingSink:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()

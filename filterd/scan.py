@@ -17,11 +17,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filterd import verdict
-from filterd.pipeline import explain as explaining
 from filterd.service import metrics
+
+if TYPE_CHECKING:
+    # Imported where it is used: explain needs numpy, and the supervisor, which imports
+    # this module through listeners.py, should not carry numpy's 15 MB for nothing.
+    from filterd.pipeline import explain as explaining
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,8 @@ async def _score(batcher: Any, data: bytes,
     score = await batcher.score(data)
     if not explain:
         return score, None
+    from filterd.pipeline import explain as explaining
+
     loop = asyncio.get_running_loop()
     try:
         why = await loop.run_in_executor(batcher.executor, explaining.explain, batcher.scorer, data)

@@ -126,25 +126,34 @@ class Scorer:
     def warmup(self) -> None:
         self.score([b"Subject: warmup\r\n\r\nhello\r\n"])
 
+    def wide_sums(self, batch: Sequence[Prepared]) -> np.ndarray:
+        """(batch,) the wide branch's dot product of each message, sparse, in float64.
+
+        The graph could take the features too (its feat_ids/feat_w inputs), but a padded
+        (batch, k) feature batch is as wide as the message with the most n-grams in it:
+        about 50,000 columns for a long one, so 19 MB and most of the graph's time for 32
+        messages of which one is long. The graph adds whatever `wide_sum` it is given.
+        """
+        return np.array([np.dot(self.wide_weights[p.feat_ids].astype(np.float64), p.feat_w)
+                         for p in batch], dtype=np.float64)
+
     def _run(self, batch: Sequence[Prepared]) -> np.ndarray:
         """Chunk by chunk over the tokens; each chunk runs only the messages still going."""
         n, h = len(batch), self.hidden
         lengths = np.array([len(p.ids) for p in batch], dtype=np.int64)
         state = {"h": np.zeros((n, h), np.float32), "run_max": np.full((n, h), -1.0, np.float32),
                  "run_sum": np.zeros((n, h), np.float32), "count": np.zeros(n, np.float32),
-                 "wide_sum": np.zeros(n, np.float32)}
+                 "wide_sum": self.wide_sums(batch).astype(np.float32)}
         logits = np.zeros((n, 3), dtype=np.float64)
-        feat_ids = pad([p.feat_ids for p in batch], np.int64)   # (batch, k)
-        feat_w = pad([p.feat_w for p in batch], np.float32)
         for start in range(0, int(lengths.max()), self.chunk_tokens):
             active = np.flatnonzero(lengths > start)     # messages with tokens left
             span = np.minimum(lengths[active] - start, self.chunk_tokens)
             tokens = pad([batch[i].ids[start:start + self.chunk_tokens] for i in active.tolist()],
                          np.int64)   # (batch, time)
-            first = start == 0   # the features go in once, with the first chunk
+            # No features through the graph: their sum is already in wide_sum (wide_sums).
             feeds = {"tokens": tokens, "lengths": span,
-                     "feat_ids": feat_ids[active] if first else np.zeros((active.size, 1), np.int64),
-                     "feat_w": feat_w[active] if first else np.zeros((active.size, 1), np.float32)}
+                     "feat_ids": np.zeros((active.size, 1), np.int64),
+                     "feat_w": np.zeros((active.size, 1), np.float32)}
             feeds.update({k: v[active] for k, v in state.items()})
             try:
                 result = self.session.run(None, feeds)
