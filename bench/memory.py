@@ -7,9 +7,9 @@ which keeps a SHA-256 of each message it gets), sends `--in-flight` messages of 
 at once (a corpus message with a base64 attachment of random bytes, 76-character lines),
 each over its own SMTP session, checks that every one arrived intact (the bytes sent, after
 the X-Spam-* headers filterd prepends) and, meanwhile, samples the resident memory (VmRSS)
-of the server process and all its descendants every 5 ms. Reports the idle RSS, the peaks of the summed RSS and PSS (shared pages split
-between processes; the figure held against the target), and each process's own high-water
-mark (VmHWM). Targets:
+of the server process and all its descendants every 5 ms. Reports the idle RSS, the peaks of
+the summed RSS (the figure held against the target) and PSS (shared pages split between
+processes), and each process's own high-water mark (VmHWM). Targets:
 
 - `filterd`: the shipped config (`workers: auto`, two on two cores); 8 MB is below
   scoring.max_bytes (10 MB), so every message is scored: the path a postmaster's default takes;

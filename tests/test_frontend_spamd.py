@@ -89,7 +89,8 @@ def test_ping_and_raw_protocol_answers(served: tuple[Any, int]) -> None:
     answer = exchange(port, b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(HAM) + HAM)
     assert re.fullmatch(rb"SPAMD/1\.5 0 EX_OK\r\nSpam: False ; -?\d+\.\d / 5\.0\r\n\r\n", answer), answer
     headers = exchange(port, b"HEADERS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(HAM) + HAM)
-    assert b"\r\nContent-length: " in headers and headers.endswith(HAM.split(b"\r\n\r\n")[0].split(b"\r\n", 2)[2] + b"\r\n\r\n")
+    ham_head = HAM.split(b"\r\n\r\n")[0].split(b"\r\n", 2)[2]
+    assert b"\r\nContent-length: " in headers and headers.endswith(ham_head + b"\r\n\r\n")
 
 
 @pytest.mark.parametrize("request_bytes, code", [
