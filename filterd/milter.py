@@ -16,6 +16,9 @@ threads and a C build, purepythonmilter has had one alpha release.
 Bounds: a packet over MAX_PACKET closes the connection (the MTA applies its
 milter_default_action); the body is buffered only up to scoring.max_bytes, beyond which
 the message is not scored (X-Spam-Status: Skipped) and the rest is read and dropped.
+A message whose headers and body together pass max_message_size is refused at once with
+552 5.3.4, as the SMTP port refuses it (a permanent error: retrying cannot help, and the
+sender gets a bounce that says why); nothing of it is buffered beyond that point.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ class Message:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     body: bytearray = field(default_factory=bytearray)
     size: int = 0
-    oversized: bool = False
+    oversized: bool = False       # over scoring.max_bytes: relayed unscored
+    refused: bool = False         # over max_message_size: 552 sent, the rest ignored
     queue_id: str = ""
 
     def raw(self) -> bytes:
@@ -147,13 +151,17 @@ class Session:
                 self._send(m.Continue())
             case m.Header():
                 self._header(event.name, bytes(event.value))
-                self._send(m.Continue())
+                self._send(self._too_big() or m.Continue())
             case m.Body():
                 self._body(bytes(event.content))
-                self._send(m.Continue())
+                self._send(self._too_big() or m.Continue())
             case m.EndOfMessage():
                 self._body(bytes(event.content))
-                await self._end_of_message()
+                if (refusal := self._too_big()) is not None:
+                    self._send(refusal)
+                    self.message = Message()
+                else:
+                    await self._end_of_message()
             case m.Abort():
                 self.message = Message()
             case m.Close():
@@ -176,17 +184,32 @@ class Session:
         if not self.leading_space:
             value = b" " + value
         msg.size += len(name) + len(value) + 3
-        msg.headers.append((name, value))
+        if not msg.refused:
+            msg.headers.append((name, value))
 
     def _body(self, chunk: bytes) -> None:
         msg = self.message
         msg.size += len(chunk)
-        if msg.oversized:
+        if msg.oversized or msg.refused:
             return
         msg.body += chunk
         if msg.size > self.listener.state.config.scoring.max_bytes:
             msg.oversized = True      # not scored: stop buffering, keep only the headers
             msg.body = bytearray()
+
+    def _too_big(self) -> m.ReplyCode | None:
+        """552 5.3.4 once the message passes max_message_size (once logged, then repeated
+        to an MTA that sends more of it anyway); its headers and body are dropped."""
+        msg, limit = self.message, self.listener.state.config.max_message_size
+        if msg.size <= limit:
+            return None
+        if not msg.refused:
+            msg.refused, msg.oversized = True, True
+            msg.headers, msg.body = [], bytearray()
+            record = Record("milter", self.conn.id, self.client, msg.mail_from, msg.rcpts, msg.size)
+            record.queue_id, record.action = msg.queue_id, "refused"
+            record.log(replies.S552_MESSAGE_TOO_BIG)
+        return _reply(replies.S552_MESSAGE_TOO_BIG)
 
     async def _end_of_message(self) -> None:
         msg, self.message = self.message, Message()
@@ -258,7 +281,9 @@ def edits(headers: list[tuple[str, bytes]], judged: verdict.Verdict, report: str
         out.append(m.InsertHeader(position, renamed, value if leading_space else value.lstrip(b" ")))
     space = b" " if leading_space else b""
     for index, (name, text) in enumerate(verdict.headers(judged, report)):
-        out.append(m.InsertHeader(index, name, space + text.encode("ascii")))
+        # Folded lines (X-Spam-Report) end in a bare LF inside a milter header value, as
+        # libmilter's smfi_insheader wants; the MTA writes its own line ends.
+        out.append(m.InsertHeader(index, name, space + text.replace("\r\n", "\n").encode("ascii")))
     return out
 
 

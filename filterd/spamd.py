@@ -26,6 +26,13 @@ and 10.0 at the reject threshold, linear in log-odds between and beyond, clamped
 So `Spam: True` ⇔ points ≥ 5.0 ⇔ `$spam_score_int` ≥ 50, and the reject threshold is
 `$spam_score_int` ≥ 100, whatever model is loaded. Points are rounded down to 0.1, so a
 score just under the tag threshold never prints as 5.0.
+
+`Spam: True/False` and the threshold after the slash follow the same Policy as the proxy
+and the milter: with `policy.tag_at: null` filterd never flags, so it says `Spam: False`
+and a threshold of NEVER_POINTS (1000.0, above any score it can print). Exim's `spam =`
+condition compares score and threshold itself, so it too is then never true. The points
+stay on the model's scale (anchored at the model's calibrated tag and reject thresholds
+wherever the policy switched one off), so an ACL on `$spam_score_int` still works.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ log = logging.getLogger(__name__)
 
 VERSION = "SPAMD/1.5"
 TAG_POINTS, REJECT_POINTS, MAX_POINTS = 5.0, 10.0, 50.0
+NEVER_POINTS = 1000.0     # the threshold shown when the policy never flags (tag_at: null)
 _VERBS = {"CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS", "PING", "SKIP"}
 _MAX_HEADER_LINES = 32
 _MAX_LINE = 1024
@@ -66,6 +74,11 @@ def points(score: float, policy: verdict.Policy, manifest: verdict.Policy) -> fl
     span = ar - at if ar - at > 0.1 else 1.0    # tag == reject: one point per unit of log-odds
     value = TAG_POINTS + (REJECT_POINTS - TAG_POINTS) * (_logit(score) - at) / span
     return max(-MAX_POINTS, min(MAX_POINTS, value))
+
+
+def required(policy: verdict.Policy) -> float:
+    """The threshold after the slash of the Spam: line: the points at which we flag."""
+    return TAG_POINTS if policy.tag is not None else NEVER_POINTS
 
 
 def _logit(p: float) -> float:
@@ -158,7 +171,7 @@ async def _answer(state: State, conn: Conn, verb: str, data: bytes) -> bytes:
         return reply.encode()
     manifest = verdict.Policy(state.batcher.scorer.thresholds.tag, state.batcher.scorer.thresholds.reject)
     value = points(judged.score, state.policy, manifest) if judged.score is not None else 0.0
-    spam = f"Spam: {'True' if judged.flagged else 'False'} ; {_shown(value)} / {TAG_POINTS:.1f}"
+    spam = f"Spam: {'True' if judged.flagged else 'False'} ; {_shown(value)} / {required(state.policy):.1f}"
     body = _body(verb, state, judged, scanned.explanation, data, value)
     head = f"{VERSION} 0 EX_OK\r\n{spam}\r\n"
     if body is not None:
@@ -176,7 +189,7 @@ def _body(verb: str, state: State, judged: verdict.Verdict, why: explain.Explana
     if verb in ("REPORT", "REPORT_IFSPAM"):
         if verb == "REPORT_IFSPAM" and not judged.flagged:
             return b""
-        return report(judged, why, value).encode("utf-8")
+        return report(judged, why, value, required(state.policy)).encode("utf-8")
     config = state.config
     summary = explain.summary(why) if why and config.policy.report else None
     tagged = verdict.tag(data, judged, config.policy.subject_prefix, summary)
@@ -185,11 +198,12 @@ def _body(verb: str, state: State, judged: verdict.Verdict, why: explain.Explana
     return tagged    # PROCESS
 
 
-def report(judged: verdict.Verdict, why: explain.Explanation | None, value: float) -> str:
+def report(judged: verdict.Verdict, why: explain.Explanation | None, value: float,
+           threshold: float = TAG_POINTS) -> str:
     """A SpamAssassin-like report: the verdict, then one line per feature (logit units)."""
     score = "-" if judged.score is None else verdict.format_score(judged.score)
     lines = [f"filterd: spam probability {score} ({_shown(value)} points, "
-             f"{TAG_POINTS:.1f} required), model {judged.model or 'unknown'}",
+             f"{threshold:.1f} required), model {judged.model or 'unknown'}",
              "",
              " contribution  feature (to the model's log-odds; positive means spam)",
              " ------------  --------------------------------------------------------"]

@@ -105,13 +105,30 @@ def headers(verdict: Verdict, report: str | None = None) -> list[tuple[str, str]
         fields.append(("X-Spam-Status", f"{verdict.status}, score={score} tag={_fmt(verdict.tag)} "
                                         f"reject={_fmt(verdict.reject)} model={model}"))
     if report:
-        fields.append(("X-Spam-Report", _header_text(report)))
+        fields.append(("X-Spam-Report", fold("X-Spam-Report", _header_text(report))))
     return fields
 
 
 def _header_text(text: str) -> str:
-    """Printable ASCII on one line (RFC 5322 2.2: a field body is US-ASCII; we never fold)."""
+    """Printable ASCII (RFC 5322 2.2: a field body is US-ASCII), at most 900 characters."""
     return "".join(c if " " <= c <= "~" else "?" for c in text)[:900]
+
+
+def fold(name: str, value: str, width: int = 78) -> str:
+    """`value` folded at spaces (CRLF + TAB, RFC 5322 2.2.3) so that lines stay within
+    `width` where a word allows it; a single word longer than that keeps its own line,
+    which _header_text's 900 characters keep under the 998 of RFC 5322 2.1.1."""
+    lines: list[str] = []
+    line = ""
+    used = len(name) + 2          # "Name: "
+    for word in value.split(" "):
+        if line and used + len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line, used = word, 1      # the TAB that starts a continuation line
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return "\r\n\t".join(lines)
 
 
 def render(verdict: Verdict, report: str | None = None) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.frontends import frontend_port
+from tests.fixtures.frontends import check_report_header, frontend_port
 from tests.fixtures.postfix import MailPath, corpus_messages, strip_spam_headers, swaks
 from tests.fixtures.smtp import unfold, wait_until
 
@@ -110,3 +110,53 @@ def test_hostile_milter_clients_are_cut_off_and_the_daemon_lives(path: MailPath,
         answer = sock.recv(5)
         assert answer[4:5] == b"O"                       # still negotiating with the next client
     assert "Traceback" not in path.filterd.log()
+
+
+def test_over_max_bytes_is_relayed_unscored_and_over_max_message_size_refused(
+        path: MailPath, ham: list[bytes], tmp_path: Path) -> None:
+    """scoring.max_bytes: delivered with X-Spam-Status: Skipped; max_message_size: the
+    milter stops buffering and Postfix answers its client 552 5.3.4, nothing is delivered."""
+    assert path.filterd is not None
+    path.sink.clear()
+    path.filterd.restart(max_message_size=40_000, scoring={"max_bytes": 8_000})
+    try:
+        head, _, body = ham[0].partition(b"\r\n\r\n")
+        padding = b"".join(b"line %05d of padding to make the message long\r\n" % i for i in range(400))
+        big = head + b"\r\n\r\n" + body + padding            # ~20 KB: over max_bytes only
+        result = swaks(path.postfix.smtp_port, big, tmp_path, to="big@example.com")
+        assert result.data_reply().startswith("250"), result.transcript
+        got = path.sink.wait_for(1)[0]
+        assert got.header("X-Spam-Status") == "Skipped" and got.header("X-Spam-Flag") == "NO"
+        assert got.split()[1] == body + padding
+        huge = big + padding * 2                             # ~60 KB: over max_message_size
+        refused = swaks(path.postfix.smtp_port, huge, tmp_path, to="huge@example.com")
+        assert refused.data_reply().startswith("552 5.3.4"), refused.transcript
+        log = path.filterd.log()
+        assert "action=skipped" in log and "action=refused" in log
+        assert "Traceback" not in log
+    finally:
+        path.filterd.restart(max_message_size=52428800, scoring={"max_bytes": 10485760})
+    assert [m.rcpt_tos for m in path.sink.messages] == [["big@example.com"]]
+
+
+def test_report_header_with_policy_report_and_none_without(path: MailPath, spam: list[bytes],
+                                                           tmp_path: Path) -> None:
+    assert path.filterd is not None
+    path.sink.clear()
+    path.filterd.restart(policy={"report": True})
+    try:
+        result = swaks(path.postfix.smtp_port, spam[2], tmp_path, to="report@example.com")
+        assert result.data_reply().startswith("250"), result.transcript
+        got = path.sink.wait_for(1)[0]
+    finally:
+        path.filterd.restart(policy={"report": False})
+    head, body = got.split()
+    value = check_report_header(head)
+    assert value.count("=") >= 4, value                     # rnn and at least three features
+    assert [line.split(b":")[0] for line in unfold(head)[:4]] == [
+        b"X-Spam-Flag", b"X-Spam-Score", b"X-Spam-Status", b"X-Spam-Report"]
+    assert body == spam[2].partition(b"\r\n\r\n")[2]
+    path.sink.clear()
+    plain = swaks(path.postfix.smtp_port, spam[2], tmp_path, to="plain@example.com")
+    assert plain.data_reply().startswith("250"), plain.transcript
+    assert path.sink.wait_for(1)[0].header("X-Spam-Report") is None

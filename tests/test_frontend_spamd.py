@@ -130,3 +130,22 @@ def test_points_put_the_thresholds_at_fixed_numbers() -> None:
     assert points(0.9999, policy, policy) == pytest.approx(10.0)
     assert points(0.01, policy, policy) < points(0.5, policy, policy) < points(0.9, policy, policy) < 5.0
     assert points(1.0, policy, policy) <= 50.0 and points(0.0, policy, policy) >= -50.0
+
+
+def test_tag_at_null_is_never_spam_for_spamc_or_exim(daemon_factory: Any, spam: bytes) -> None:
+    """policy.tag_at: null: filterd never flags, so spamd says Spam: False and a threshold
+    no score reaches (Exim's spam = compares the two numbers), while the points stay on
+    the model's scale (spam still scores high)."""
+    require_spamc()
+    daemon = daemon_factory(spamd={"listen": "127.0.0.1:0"}, policy={"tag_at": None})
+    port = frontend_port(daemon, "spamd")
+    answer = exchange(port, b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(spam) + spam)
+    match = re.search(rb"\r\nSpam: (True|False) ; (-?\d+\.\d) / (\d+\.\d)\r\n", answer)
+    assert match, answer
+    assert match.group(1) == b"False"
+    score, threshold = float(match.group(2)), float(match.group(3))
+    assert score >= 5.0, "points left the model's scale"
+    assert threshold == 1000.0 and score < threshold
+    got = spamc(port, spam, "-c")
+    assert got.returncode == 0, got                 # spamc -c: 0 = not spam
+    assert b"X-Spam-Flag: NO" in spamc(port, spam).out

@@ -74,6 +74,9 @@ S503_XFORWARD_IN_TRANSACTION = Reply(503, "5.5.1 XFORWARD not allowed inside a m
 S550_SPAM_REJECTED = Reply(550, "5.7.1 Message rejected as spam")
 S451_SCORING_FAILED = Reply(451, "4.3.0 Message could not be scored, try again later")
 S451_INTERNAL_ERROR = Reply(451, "4.3.0 Internal error, try again later")
+# The milter's bound on what it buffers (max_message_size): permanent, as Postfix's own
+# message_size_limit reply is (RFC 3463 5.3.4: message too big for system).
+S552_MESSAGE_TOO_BIG = Reply(552, "5.3.4 Message size exceeds fixed limit")
 
 # Next hop trouble: the MTA keeps the message and retries.
 S451_NEXT_HOP_UNREACHABLE = Reply(451, "4.4.1 Next hop unreachable, try again later")
