@@ -15,7 +15,7 @@ import re
 import sys
 import tarfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -129,6 +129,31 @@ def iter_path(path: str | Path, label: int, stats: ReadStats | None = None) -> I
 def _is_mbox(path: Path) -> bool:
     with path.open("rb") as f:
         return looks_like_mbox(f.read(MBOX_SNIFF))
+
+
+def add_mail_arguments(p: argparse.ArgumentParser) -> None:
+    """--corpus / --ham / --spam, as train and evaluate take them."""
+    p.add_argument("--corpus", type=Path, help="tarballs or folders labelled by folder name")
+    p.add_argument("--ham", type=Path, nargs="*", default=[], help="ham: Maildir, mbox or folder paths")
+    p.add_argument("--spam", type=Path, nargs="*", default=[], help="spam: Maildir, mbox or folder paths")
+
+
+def check_mail_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.corpus is None and not (args.ham and args.spam):
+        p.error("give --corpus, or both --ham and --spam")
+
+
+def read_mail(args: argparse.Namespace, stats: ReadStats,
+              corpus_part: Callable[[list[Sample]], list[Sample]] = list) -> list[Sample]:
+    """The samples those arguments name: `corpus_part` of the corpus, then --ham and --spam whole."""
+    samples: list[Sample] = []
+    if args.corpus is not None:
+        samples += corpus_part(list(iter_corpus(args.corpus, stats)))
+    for path in args.ham:
+        samples += iter_path(path, 0, stats)
+    for path in args.spam:
+        samples += iter_path(path, 1, stats)
+    return samples
 
 
 def split_of(raw: bytes, seed: int, val_frac: float, test_frac: float) -> str:

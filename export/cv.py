@@ -134,7 +134,8 @@ def main(argv: list[str]) -> int:
     for f in range(args.folds):
         fold_logits(args, analyses, labels, fold, f, oof)
         if args.oof:
-            np.savez(args.oof, labels=labels, fold=fold, **oof)
+            # numpy's stubs take **kwds for allow_pickle: bool; the arrays are what savez stores.
+            np.savez(args.oof, labels=labels, fold=fold, **oof)  # type: ignore[arg-type]
     results = table(labels, fold, oof, args.folds, args.combine_c)
     show(results)
     if args.json:

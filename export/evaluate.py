@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from export import metrics
-from export.corpus import ReadStats, Sample, iter_corpus, iter_path, split_of
+from export.corpus import ReadStats, Sample, add_mail_arguments, check_mail_arguments, read_mail, split_of
 from filterd.errors import ModelError
 from filterd.pipeline.scorer import Scorer
 
@@ -24,15 +24,12 @@ from filterd.pipeline.scorer import Scorer
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m export evaluate", description=__doc__)
     p.add_argument("--model", type=Path, default=Path("model_artifacts"))
-    p.add_argument("--corpus", type=Path, help="tarballs or folders labelled by folder name")
-    p.add_argument("--ham", type=Path, nargs="*", default=[])
-    p.add_argument("--spam", type=Path, nargs="*", default=[])
+    add_mail_arguments(p)
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
                    help="with --corpus: which part of the model's recorded split (default test)")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     args = p.parse_args(argv)
-    if args.corpus is None and not (args.ham and args.spam):
-        p.error("give --corpus, or both --ham and --spam")
+    check_mail_arguments(p, args)
     return args
 
 
@@ -70,13 +67,7 @@ def main(argv: list[str]) -> int:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 1
     stats = ReadStats()
-    samples: list[Sample] = []
-    if args.corpus is not None:
-        samples = select(list(iter_corpus(args.corpus, stats)), args.model, args.split)
-    for path in args.ham:
-        samples += iter_path(path, 0, stats)
-    for path in args.spam:
-        samples += iter_path(path, 1, stats)
+    samples = read_mail(args, stats, lambda corpus: select(corpus, args.model, args.split))
     if not samples:
         hint = ""
         if args.corpus is not None and args.split == "test":

@@ -35,6 +35,8 @@ class ModelConfig:
 
 
 class SpamNet(nn.Module):
+    rnn_weight: torch.Tensor   # a buffer (register_buffer below); annotated for mypy
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg

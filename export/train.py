@@ -15,6 +15,7 @@ Reads top to bottom (the recipe itself is export/recipe.py):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -23,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export import artifacts, metrics, recipe
-from export.config import ModelConfig, TrainConfig, apply_overrides, as_dict, split_overrides
-from export.corpus import ReadStats, Sample, iter_corpus, iter_path, split_of
+from export import artifacts, metrics, recipe, summary
+from export.config import ModelConfig, TrainConfig, apply_overrides, split_overrides
+from export.corpus import ReadStats, Sample, add_mail_arguments, check_mail_arguments, read_mail, split_of
 from export.model import SpamNet
 from filterd.pipeline import text
 from filterd.pipeline.text import Analysis, Prepared
@@ -35,9 +36,7 @@ PARTS = ("whole", "rnn", "wide")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m export train", description=__doc__)
-    p.add_argument("--corpus", type=Path, help="tarballs or folders labelled by folder name")
-    p.add_argument("--ham", type=Path, nargs="*", default=[], help="ham paths")
-    p.add_argument("--spam", type=Path, nargs="*", default=[], help="spam paths")
+    add_mail_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="artifact folder to write")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig/ModelConfig field, e.g. --set epochs=2")
@@ -45,20 +44,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
                    help="accepted for compatibility; the recipe trains on the CPU")
     args = p.parse_args(argv)
-    if args.corpus is None and not (args.ham and args.spam):
-        p.error("give --corpus, or both --ham and --spam")
+    check_mail_arguments(p, args)
     return args
-
-
-def load_samples(args: argparse.Namespace, stats: ReadStats) -> list[Sample]:
-    samples: list[Sample] = []
-    if args.corpus is not None:
-        samples += iter_corpus(args.corpus, stats)
-    for path in args.ham:
-        samples += iter_path(path, 0, stats)
-    for path in args.spam:
-        samples += iter_path(path, 1, stats)
-    return samples
 
 
 def subsample(samples: list[Sample], limit: int, seed: int) -> list[Sample]:
@@ -78,7 +65,7 @@ class Fitted:
                                                  cfg.features)
         items = recipe.encode(analyses, self.vocab, self.idf, cfg.features)
         self.w, self.b = recipe.fit_wide_svm(items, labels, cfg.wide_c)
-        self.mcfg = ModelConfig(**{**as_dict(mcfg), "vocab_size": len(self.vocab)})
+        self.mcfg = dataclasses.replace(mcfg, vocab_size=len(self.vocab))
         self.net = recipe.new_net(self.mcfg, cfg.seed)
         snaps = recipe.fit_rnn(self.net, items, labels, epochs=1 if cfg.dry_run else cfg.epochs,
                                lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -160,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(cfg.threads)
     started = time.monotonic()
     stats = ReadStats()
-    samples = subsample(load_samples(args, stats), cfg.max_messages, cfg.split_seed)
+    samples = subsample(read_mail(args, stats), cfg.max_messages, cfg.split_seed)
     print(f"read {len(samples)} messages, malformed skipped: {stats.malformed or 'none'}",
           file=sys.stderr)
     parts: dict[str, list[Sample]] = {"train": [], "test": []}
@@ -192,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         test_logits = recipe.all_logits(net, test_items)
         report["test"] = {name: metrics.summary(test_labels, test_logits[:, col])
                           for col, name in enumerate(PARTS)}
-    print(f"combination: {comb}\nmetrics: {report}\nthresholds: {thresholds}", file=sys.stderr)
+    print(summary.render(report, thresholds, comb), file=sys.stderr)
     artifacts.write(args.out, net, final.vocab, final.idf, cfg=cfg, mcfg=final.mcfg,
                     parts=parts, stats=stats, metrics=report, thresholds=thresholds,
                     history=[{"gru_epochs": final.epochs}], combination=comb._asdict(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -29,7 +30,21 @@ def tiny_model(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     proc = subprocess.run([sys.executable, "-m", "export", "train", "--corpus", str(corpus_dir),
                            "--out", str(out), *TINY], check=False, capture_output=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    (out.parent / "train.stderr").write_bytes(proc.stderr)
     return out
+
+
+def test_train_ends_with_a_readable_summary(tiny_model: Path) -> None:
+    said = (tiny_model.parent / "train.stderr").read_text()
+    end = said[said.index("cross-validation (3 folds, mean):"):]
+    assert "{" not in end and not re.search(r"\d\.\d{7,}", end), end   # no raw dicts or long floats
+    assert re.search(r"^  whole  AUC [01]\.\d{5}   spam recall at <= 0\.2 % ham flagged +\d+\.\d %$",
+                     end, re.M), end
+    assert "test split (" in end
+    thresholds = json.loads((tiny_model / "manifest.json").read_text())["thresholds"]
+    assert f"thresholds: tag {thresholds['tag']:.3f}, reject {thresholds['reject']:.3f}" in end
+    same = thresholds["tag"] == thresholds["reject"]
+    assert ("warning: tag and reject are the same" in end) is same, end
 
 
 def test_artifact_is_complete_and_small(tiny_model: Path) -> None:

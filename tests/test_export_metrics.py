@@ -38,3 +38,11 @@ def test_summary_ranks_logits_that_probabilities_would_tie() -> None:
     logits = np.array([-3.0, 40.0, 50.0, 60.0])
     assert 1.0 / (1.0 + np.exp(-40.0)) == 1.0 / (1.0 + np.exp(-50.0))
     assert metrics.summary(labels, logits)["auc"] == 1.0
+
+
+def test_train_summary_warns_when_tag_equals_reject() -> None:
+    from export import summary
+
+    assert summary.warnings({"tag": 0.42, "reject": 0.9}) == []
+    (warning,) = summary.warnings({"tag": 0.5, "reject": 0.5})
+    assert warning.startswith("tag and reject are the same (0.500)")
