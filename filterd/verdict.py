@@ -148,6 +148,15 @@ def header_end(data: bytes) -> int:
 def tag(data: bytes, verdict: Verdict, subject_prefix: str | None = None,
         report: str | None = None) -> bytes:
     """Return `data` with forged headers renamed and ours prepended; the body is untouched."""
+    head, start = tag_parts(data, verdict, subject_prefix, report)
+    return head + memoryview(data)[start:]
+
+
+def tag_parts(data: bytes, verdict: Verdict, subject_prefix: str | None = None,
+              report: str | None = None) -> tuple[bytes, int]:
+    """The tagged message as (head, start): it is head + data[start:], so a big message is
+    sent without a copy of it (relay.Transaction.data takes the two). `head` is our headers,
+    plus the header section when a forged header or the Subject had to change."""
     end = header_end(data)
     head = data[:end]
     new_head = _FORGED.sub(rb"X-Spam-Untrusted-", head)
@@ -155,9 +164,8 @@ def tag(data: bytes, verdict: Verdict, subject_prefix: str | None = None,
         new_head = _prefix_subject(new_head, subject_prefix.encode("utf-8"))
     ours = render(verdict, report)
     if new_head is head:
-        # Nothing to rewrite in the header section: one concatenation, no slicing copy.
-        return ours + data
-    return b"".join((ours, new_head, data[end:]))
+        return ours, 0                   # the header section goes out as it came
+    return ours + new_head, end
 
 
 def _prefix_subject(head: bytes, prefix: bytes) -> bytes:

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from filterd.batcher import Batcher
 from filterd.verdict import Verdict, format_score, header_end, render, tag
-from filterd.smtp.relay import stuff
+from filterd.smtp.relay import stuffed
 from tests.fixtures.clients import ours_and_rest
 
 SPAMMY = Verdict("Yes", 0.9731, 0.4, 0.95, "m-1")
@@ -82,7 +82,11 @@ def test_subject_prefix(message: bytes, expected: bytes) -> None:
     (b"", b""),
 ])
 def test_stuff(message: bytes, expected: bytes) -> None:
-    assert stuff(message) == expected
+    assert b"".join(stuffed(b"", message)) == expected
+    # Any seam between our header lines and the body, and any body offset, gives the same bytes.
+    for cut in range(len(message) + 1):
+        assert b"".join(stuffed(message[:cut], message, cut)) == expected
+        assert b"".join(stuffed(b"", b"junk" + message, 4)) == expected
 
 
 def test_batcher_batches_concurrent_messages_and_matches_direct_scores(scorer: Any) -> None:

@@ -200,8 +200,13 @@ def save_idf(path: Path, idf: np.ndarray) -> None:
 
 
 def load_buckets(path: Path) -> np.ndarray:
-    """One float32 value per bucket (idf.npy, wide.npy), never unpickling anything."""
+    """One value per bucket (idf.npy, wide.npy), never unpickling anything.
+
+    Kept as stored: the IDF table stays float16 (2 MB a worker, not 4), and `featurize`
+    multiplies it into float32 weights, which gives exactly the values a float32 copy would.
+    """
     values = np.load(path, allow_pickle=False)
-    if values.shape != (BUCKETS,):
-        raise ValueError(f"{path}: expected {BUCKETS} values, found shape {values.shape}")
-    return values.astype(np.float32)
+    if values.shape != (BUCKETS,) or values.dtype not in (np.float16, np.float32):
+        raise ValueError(f"{path}: expected {BUCKETS} float16 or float32 values, found "
+                         f"{values.dtype} of shape {values.shape}")
+    return values

@@ -139,10 +139,11 @@ class FilterHandler:
             await txn.abort()
             return replies.S550_SPAM_REJECTED   # before-queue: all recipients or none
         report = explain.summary(scanned.explanation) if scanned.explanation else None
-        tagged = verdict.tag(data, judged, config.policy.subject_prefix, report)
+        head, body_start = verdict.tag_parts(data, judged, config.policy.subject_prefix, report)
         start = time.perf_counter()
         try:
-            reply = await asyncio.wait_for(txn.data(tagged), config.timeouts.next_hop)
+            reply = await asyncio.wait_for(txn.data(head, data, body_start),
+                                           config.timeouts.next_hop)
         except TimeoutError:
             txn.close()
             metrics.NEXT_HOP_ERRORS.labels("timeout").inc()

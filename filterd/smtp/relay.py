@@ -15,6 +15,7 @@ only, RFC 5321 section 4.5.2, so we redo it on CRLF lines only).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import aiosmtplib
@@ -29,7 +30,7 @@ from filterd.smtp.smtpd import greeting_name
 log = logging.getLogger(__name__)
 
 SIZE_SLACK = 512         # our headers make the message a little larger than declared
-_ONE_WRITE = 256 * 1024  # below this, the message and the final dot go out in one write
+_CHUNK = 256 * 1024      # bytes written before waiting for the transport to drain
 _XFORWARD_LINE = 400     # bytes of attributes per XFORWARD command (Postfix keeps them < 512)
 
 # MAIL/RCPT parameters and the EHLO keyword the next hop must show before we pass them on.
@@ -114,8 +115,11 @@ class Transaction:
     async def rcpt(self, recipient: str, params: list[str]) -> Reply:
         return await self._command(b"RCPT", b"TO:" + _addr(recipient), *self._params(params))
 
-    async def data(self, message: bytes) -> Reply:
-        """DATA, the dot-stuffed message, the final dot; then the connection goes back to the pool."""
+    async def data(self, head: bytes, body: bytes, start: int = 0) -> Reply:
+        """DATA, then head + body[start:] dot-stuffed, the final dot; then the connection goes
+        back to the pool. The body is never copied: it goes out as slices of `body`, a chunk
+        at a time, each once the transport has sent the one before (so no second copy of a
+        big message waits in the transport's buffer either)."""
         reply = await self._command(b"DATA")
         if self.failed or not reply.intermediate:
             self.close()
@@ -123,12 +127,16 @@ class Transaction:
         assert self.smtp is not None and self.smtp.protocol is not None
         proto = self.smtp.protocol
         try:
-            payload = stuff(message)
-            if len(payload) < _ONE_WRITE:
-                proto.write(payload + b".\r\n")    # one send() instead of two: cheaper than the copy
-            else:
-                proto.write(payload)
-                proto.write(b".\r\n")
+            pending = 0
+            for piece in stuffed(head, body, start):
+                proto.write(piece)  # type: ignore[arg-type]   # bytes-like; the transport takes memoryviews
+                pending += len(piece)
+                if pending >= _CHUNK:
+                    pending = 0
+                    # aiosmtplib's flow-control wait (StreamWriter.drain's own helper): returns
+                    # at once unless the transport asked us to pause.
+                    await proto._drain_helper()
+            proto.write(b".\r\n")
             response = await proto.read_response(timeout=self.relay.timeout)
         except Exception as exc:  # noqa: BLE001 - every transport failure maps to a 451
             self._fail(exc)
@@ -242,11 +250,30 @@ class Transaction:
                     type(exc).__name__, exc)
 
 
-def stuff(message: bytes) -> bytes:
-    """Dot-stuff CRLF lines (RFC 5321 4.5.2) and make sure the message ends with CRLF."""
-    if message.startswith(b"."):
-        message = b"." + message
-    message = message.replace(b"\r\n.", b"\r\n..")
-    if message and not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    return message
+def stuffed(head: bytes, body: bytes, start: int = 0) -> Iterator[bytes | memoryview]:
+    """head + body[start:] dot-stuffed (RFC 5321 4.5.2: a "." that begins a CRLF line is
+    doubled) and ending in CRLF, as pieces: `head` (our few header lines) whole or stuffed,
+    the body as memoryview slices between the dots to double, so it is never copied."""
+    text = head.replace(b"\r\n.", b"\r\n..")
+    if text.startswith(b"."):
+        text = b"." + text
+    if text:
+        yield text
+    view, pos, end = memoryview(body), start, len(body)
+    if pos < end:
+        # A line that starts at the seam: head ends a line, or ends with the CR of its CRLF.
+        if (not text or text.endswith(b"\r\n")) and body.startswith(b".", pos):
+            yield b"."
+        elif text.endswith(b"\r") and body.startswith(b"\n.", pos):
+            yield view[pos:pos + 1]
+            yield b"."
+            pos += 1
+    while (hit := body.find(b"\r\n.", pos)) >= 0:
+        yield view[pos:hit + 2]
+        yield b"."                      # and the "." itself starts the next slice
+        pos = hit + 2
+    if pos < end:
+        yield view[pos:]
+    last = body[max(start, end - 2):end] if end > start else text[-2:]
+    if (text or end > start) and not (text + last).endswith(b"\r\n"):
+        yield b"\r\n"
