@@ -221,6 +221,7 @@ class BrokenScorer:
 
     def __init__(self, real: Any) -> None:
         self.version, self.thresholds, self.prepare = real.version, real.thresholds, real.prepare
+        self.provider = real.provider
 
     def infer(self, batch: Any) -> list[float]:
         raise RuntimeError("injected inference failure")

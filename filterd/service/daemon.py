@@ -94,16 +94,23 @@ class Daemon:
     # --- building and stopping ------------------------------------------------------------
 
     async def amain(self) -> int:
+        """`filterd serve`: signals, the model the config names, then serve() until stopped."""
         loop = asyncio.get_running_loop()
         self._add_signals()
-        try:
-            scorer = await loop.run_in_executor(None, load_scorer, self.config)
-        except ConfigError as exc:
-            self.report(Failed(f"cannot start: {exc}"))
+        try:   # removed only after serve() has drained: a second SIGTERM must reach _drain
+            try:
+                scorer = await loop.run_in_executor(None, load_scorer, self.config)
+            except ConfigError as exc:
+                self.report(Failed(f"cannot start: {exc}"))
+                return 1
+            return await self.serve(scorer)
+        finally:
             self._remove_signals()
-            return 1
+
+    async def serve(self, scorer: Any) -> int:
+        """Build the parts around a loaded `scorer`, listen, report Ready, and drain once
+        stop() is called. The in-process test fixture runs this too (without signals)."""
         async with AsyncExitStack() as stack:
-            stack.callback(self._remove_signals)   # last: a second SIGTERM must reach _drain
             self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="filterd-score")
             stack.callback(self.executor.shutdown, wait=False, cancel_futures=True)
             self.batcher = await self._start_batcher(self.config, scorer)
