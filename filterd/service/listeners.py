@@ -43,15 +43,26 @@ class Conn:
 
 
 def bind(address: str) -> socket.socket:
-    """A listening socket for "host:port" or "unix:/path" (a stale socket file is replaced)."""
+    """A listening socket for "host:port" or "unix:/path" (a stale socket file is replaced).
+
+    A UNIX socket is mode 0660, and made so from the start (umask while it is bound), so
+    there is no moment at which others may connect. Connecting needs write permission on
+    it, so its owner and group decide who may: the group is our process's, or, in a
+    set-group-ID directory (`install -d -g postfix -m 2750 DIR`), the directory's, which
+    is how the MTA gets in without filterd running in the MTA's group (docs/milter.md).
+    """
     if address.startswith("unix:"):
         path = address[5:]
         with contextlib.suppress(FileNotFoundError):
             if os.path.exists(path) and not os.path.isdir(path):
                 os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
-        os.chmod(path, 0o660)    # the MTA's group may connect, nobody else
+        old = os.umask(0o117)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o660)    # owner and group may connect, nobody else (whatever the umask was)
         sock.listen(1024)
         return sock
     host, port = split_hostport(address)
@@ -117,12 +128,12 @@ class Listener:
         self.address = describe(sock)
 
     def _admit(self, conn: Conn, sockname: Any) -> bool:
-        if isinstance(sockname, str):     # a UNIX socket: its file mode is the access check
-            return True
-        addr = _peer_address(conn.writer.get_extra_info("peername"))
-        if addr is None or not any(addr in net for net in self.allowed):
-            log.warning("%s %s %s refused: not in allowed_networks", conn.id, self.name, conn.peer)
-            return False
+        # On a UNIX socket its file mode is the access check; max_connections holds for both.
+        if not isinstance(sockname, str):
+            addr = _peer_address(conn.writer.get_extra_info("peername"))
+            if addr is None or not any(addr in net for net in self.allowed):
+                log.warning("%s %s %s refused: not in allowed_networks", conn.id, self.name, conn.peer)
+                return False
         if len(self.conns) >= self.state.config.max_connections:
             log.warning("%s %s %s refused: max_connections reached", conn.id, self.name, conn.peer)
             return False
