@@ -309,3 +309,18 @@ def _reply(replies: BinaryIO) -> bytes:
     while (line := replies.readline())[3:4] == b"-":
         pass
     return line
+
+
+@pytest.mark.parametrize("key", ["listen", "spamd"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_address_in_use_one_error_line(make: Callable[..., Daemon], key: str, workers: int) -> None:
+    """A listening address another program holds stops filterd with one line naming it."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        value: object = address if key == "listen" else {"listen": address}
+        daemon = make(workers=workers, **{key: value})
+        daemon.start(wait=False)
+        assert daemon.wait() != 0
+    errors = [line for line in daemon.log().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"cannot listen on {address}" in errors[0], daemon.log()
+    assert "Traceback" not in daemon.log()

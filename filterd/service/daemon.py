@@ -125,10 +125,9 @@ class Daemon:
                 self.report(Failed(f"cannot listen on {self.config.listen}: {exc}"))
                 return 1
             stack.push_async_callback(self._drain, server)
-            try:
-                await self._start_frontends()
-            except OSError as exc:
-                self.report(Failed(f"cannot listen: {exc}"))
+            failed = await self._start_frontends()
+            if failed:
+                self.report(Failed(failed))
                 return 1
             if self.standalone:
                 stack.callback(metrics.serve(self.config.metrics))
@@ -142,8 +141,9 @@ class Daemon:
         await batcher.start()
         return batcher
 
-    async def _start_frontends(self) -> None:
-        """The milter and spamd listeners the config turns on, beside the SMTP one."""
+    async def _start_frontends(self) -> str | None:
+        """The milter and spamd listeners the config turns on, beside the SMTP one; what
+        went wrong, if one cannot listen."""
         from filterd import milter, spamd   # only when configured
 
         for name, section, serve in (("milter", self.config.milter, milter.serve),
@@ -152,9 +152,13 @@ class Daemon:
                 continue
             sock = self.frontend_socks.get(name)
             listener = listeners.Listener(name, serve, self.config, self.batcher)
-            await listener.start(sock or listeners.bind(section.listen), owned=sock is None)
+            try:
+                await listener.start(sock or listeners.bind(section.listen)[0], owned=sock is None)
+            except OSError as exc:
+                return f"cannot listen on {section.listen}: {exc}"
             self.frontends.append(listener)
             log.info("%s listening on %s", name, listener.address)
+        return None
 
     async def _listen(self, factory: Callable[[], Any]) -> asyncio.Server:
         self.factory = factory   # replaced on reload: greeting name, size limit, idle timeout

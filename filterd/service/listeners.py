@@ -42,8 +42,14 @@ class Conn:
     states: list[State] = field(default_factory=list)
 
 
-def bind(address: str) -> socket.socket:
-    """A listening socket for "host:port" or "unix:/path" (a stale socket file is replaced).
+def bind(address: str, count: int = 1) -> list[socket.socket]:
+    """Listening sockets for "host:port" or "unix:/path" (a stale socket file is replaced).
+
+    For host:port, `count` sockets on the same address with SO_REUSEPORT (the first picks
+    the port, so host:0 works), one for each worker: the kernel spreads new connections
+    evenly over them by a hash of the addresses. With one shared socket it did not: asyncio
+    accepts every queued connection at each wake-up, so the first worker to wake took a
+    whole burst. A UNIX path has one socket, which the workers share.
 
     A UNIX socket is mode 0660, and made so from the start (umask while it is bound), so
     there is no moment at which others may connect. Connecting needs write permission on
@@ -64,10 +70,20 @@ def bind(address: str) -> socket.socket:
             os.umask(old)
         os.chmod(path, 0o660)    # owner and group may connect, nobody else (whatever the umask was)
         sock.listen(1024)
-        return sock
+        return [sock]
     host, port = split_hostport(address)
     family, _type, _proto, _name, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    return socket.create_server(sockaddr, family=family, backlog=1024)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            socks.append(socket.create_server(sockaddr, family=family, backlog=1024,
+                                              reuse_port=count > 1))
+            sockaddr = socks[-1].getsockname()
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def describe(sock: socket.socket) -> str:

@@ -1,14 +1,11 @@
 """`workers: N > 1`: a supervisor process and N worker processes, one listening socket each.
 
-The supervisor binds one SMTP listening socket per worker, all on the same address with
-SO_REUSEPORT (the first fixes the port, so `listen: host:0` works too), and starts each
-worker as `python -m filterd serve --worker I --listen-fd FD --channel-fd FD` on its own.
-The kernel spreads new connections evenly over the sockets by a hash of their addresses.
-With one shared socket it did not: asyncio accepts every queued connection at each wake-up,
-so the first worker to wake took a whole burst (78 % of 16 sessions went to one of two
-workers in bench.profile) and one core did most of the work. The supervisor keeps every
-socket open, so connections that arrive for a worker being replaced wait in its queue.
-Each worker runs the ordinary Daemon (service/daemon.py) on the inherited socket and
+The supervisor binds the listening sockets (service/listeners.bind: for each TCP address
+one per worker, all on that address with SO_REUSEPORT, so the kernel spreads connections
+evenly over the workers; one shared socket for a UNIX path) and starts each worker as
+`python -m filterd serve --worker I --listen-fd FD --channel-fd FD [--milter-fd FD]
+[--spamd-fd FD]`. It keeps every socket open, so connections that arrive for a worker
+being replaced wait in its queue. Each worker runs the ordinary Daemon (service/daemon.py) on the inherited socket and
 loads its own copy of the model (service/worker.py).
 
 The supervisor is the only process systemd hears from (NotifyAccess=main): workers report
@@ -38,7 +35,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from filterd.config import Config, load_config
 from filterd.errors import ConfigError
-from filterd.hostport import format_address, split_hostport
+from filterd.hostport import format_address
 from filterd.service import eventloop, listeners, metrics
 from filterd.service.notify import Notifier
 from filterd.service.reload import pin_restart_keys, refused, reloaded
@@ -73,16 +70,14 @@ class Supervisor:
         self.stopping = False
         self.done = asyncio.Event()
         self.reload_lock = asyncio.Lock()
-        self.frontend_socks: dict[str, socket.socket] = {}
+        # "smtp", "milter", "spamd" -> listening sockets; worker I uses entry (I-1) % len
+        self.socks: dict[str, list[socket.socket]] = {}
         self.metrics_dir = tempfile.mkdtemp(prefix="filterd-metrics-")
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def amain(self) -> int:
-        try:
-            socks = self._bind(self.config.worker_count())
-            self.frontend_socks = self._bind_frontends()
-        except OSError as exc:
-            log.error("cannot listen on %s: %s", self.config.listen, exc)
+        if not self._bind(self.config.worker_count()):
+            self._close_all()
             return 1
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)
@@ -90,53 +85,49 @@ class Supervisor:
         registry.register(metrics.RELOADS)
         stop_metrics = metrics.serve(self.config.metrics, registry)
         try:
-            return await self._serve(socks)
+            return await self._serve()
         finally:
             stop_metrics()
-            for sock in socks:
-                sock.close()
-            for name, other in self.frontend_socks.items():
-                _close(other, getattr(self.config, name).listen)
+            self._close_all()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
-    def _bind(self, count: int) -> list[socket.socket]:
-        """One SMTP socket per worker on the same address (SO_REUSEPORT); the first picks the port."""
-        host, port = split_hostport(self.config.listen)
-        family, _type, _proto, _name, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM)[0]
-        socks: list[socket.socket] = []
-        try:
-            for _ in range(count):
-                sock = socket.create_server(address, family=family, backlog=1024, reuse_port=True)
-                socks.append(sock)
+    def _bind(self, count: int) -> bool:
+        """Every listening socket, bound here once and inherited by the workers: one per
+        worker for each TCP address (SO_REUSEPORT), one shared for a UNIX path."""
+        addresses = {"smtp": self.config.listen}
+        addresses.update({name: getattr(self.config, name).listen for name in ("milter", "spamd")
+                          if getattr(self.config, name) is not None})
+        for name, address in addresses.items():
+            try:
+                self.socks[name] = listeners.bind(address, count)
+            except OSError as exc:
+                log.error("cannot listen on %s: %s", address, exc)
+                return False
+            for sock in self.socks[name]:
                 sock.set_inheritable(True)
-                address = sock.getsockname()
-        except OSError:
+            if name != "smtp":
+                log.info("%s listening on %s", name, listeners.describe(self.socks[name][0]))
+        return True
+
+    def _close_all(self) -> None:
+        for name, socks in self.socks.items():
             for sock in socks:
-                sock.close()
-            raise
-        return socks
+                _close(sock, self.config.listen if name == "smtp" else getattr(self.config, name).listen)
+        self.socks = {}
 
-    def _bind_frontends(self) -> dict[str, socket.socket]:
-        """The milter/spamd sockets, bound once here and inherited by every worker."""
-        socks = {}
-        for name in ("milter", "spamd"):
-            section = getattr(self.config, name)
-            if section is not None:
-                socks[name] = listeners.bind(section.listen)
-                socks[name].set_inheritable(True)
-                log.info("%s listening on %s", name, listeners.describe(socks[name]))
-        return socks
+    def _sockets(self, index: int) -> dict[str, socket.socket]:
+        """The sockets worker `index` (1..N) listens on."""
+        return {name: socks[(index - 1) % len(socks)] for name, socks in self.socks.items()}
 
-    async def _serve(self, socks: list[socket.socket]) -> int:
+    async def _serve(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop)
         loop.add_signal_handler(signal.SIGINT, self._stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._task(self._reload()))
         try:
-            if not await self._start_all(socks):
+            if not await self._start_all():
                 return 1
-            await self._supervise(socks)
+            await self._supervise()
             codes = await asyncio.gather(*(w.proc.wait() for w in self.workers))
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -144,9 +135,9 @@ class Supervisor:
         log.info("stopped")
         return 0 if all(code == 0 for code in codes) else 1
 
-    async def _start_all(self, socks: list[socket.socket]) -> bool:
-        count = len(socks)
-        self.workers = [await self._spawn(i, socks[i - 1]) for i in range(1, count + 1)]
+    async def _start_all(self) -> bool:
+        count = len(self.socks["smtp"])
+        self.workers = [await self._spawn(i) for i in range(1, count + 1)]
         results = await asyncio.gather(*(self._expect(w, STARTUP_TIMEOUT) for w in self.workers))
         failed = [r for r in results if not isinstance(r, Ready)]
         if failed and not self.stopping:
@@ -161,13 +152,13 @@ class Supervisor:
         assert isinstance(first, Ready)
         version, provider = first.version, first.provider
         metrics.MODEL.info({"version": version, "provider": provider})
-        address = format_address(socks[0].getsockname())
+        address = format_address(self.socks["smtp"][0].getsockname())
         log.info("ready: listening on %s, %d workers, model %s on %s, %s event loop", address,
                  count, version, provider, eventloop.name(self.config.event_loop))
         self.notifier.ready(f"listening on {address}, {count} workers, model {version}")
         return True
 
-    async def _supervise(self, socks: list[socket.socket]) -> None:
+    async def _supervise(self) -> None:
         """Until stopped: a worker that dies is replaced (its sessions are lost, the rest go on)."""
         loop = asyncio.get_running_loop()
         while not self.stopping:
@@ -180,16 +171,15 @@ class Supervisor:
             for task in finished & exits.keys():
                 if self.stopping:
                     break
-                dead = exits[task]
-                replaced = await self._replace(dead, socks[dead.index - 1])
+                replaced = await self._replace(exits[task])
                 if not replaced and not self.stopping:
                     self._stop()
 
-    async def _replace(self, dead: Worker, sock: socket.socket) -> bool:
+    async def _replace(self, dead: Worker) -> bool:
         log.error("worker %d (pid %d) exited with status %s; starting a new one", dead.index,
                   dead.proc.pid, dead.proc.returncode)
         multiprocess.mark_process_dead(dead.proc.pid, self.metrics_dir)
-        worker = await self._spawn(dead.index, sock)
+        worker = await self._spawn(dead.index)
         self.workers[self.workers.index(dead)] = worker
         report = await self._expect(worker, STARTUP_TIMEOUT)
         if not isinstance(report, Ready):
@@ -199,17 +189,18 @@ class Supervisor:
         log.info("worker %d replaced (pid %d)", worker.index, worker.proc.pid)
         return True
 
-    async def _spawn(self, index: int, sock: socket.socket) -> Worker:
+    async def _spawn(self, index: int) -> Worker:
         ours, theirs = socket.socketpair()
+        socks = self._sockets(index)
+        frontends = {name: sock for name, sock in socks.items() if name != "smtp"}
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "filterd", "serve", "-c", self.config_path,
-            "--worker", str(index), "--listen-fd", str(sock.fileno()),
+            "--worker", str(index), "--listen-fd", str(socks["smtp"].fileno()),
             "--channel-fd", str(theirs.fileno()),
-            *(arg for name, other in self.frontend_socks.items()
-              for arg in (f"--{name}-fd", str(other.fileno()))),
-            pass_fds=(sock.fileno(), theirs.fileno(), *(o.fileno() for o in self.frontend_socks.values())),
+            *(arg for name, sock in frontends.items() for arg in (f"--{name}-fd", str(sock.fileno()))),
+            pass_fds=(theirs.fileno(), *(sock.fileno() for sock in socks.values())),
             env=env, stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True)   # Ctrl-C reaches the supervisor only; it passes it on once
         theirs.close()
@@ -288,9 +279,10 @@ class Supervisor:
 
 
 def _close(sock: socket.socket, address: str) -> None:
-    """Close a front-end socket; one on a UNIX path we bound takes its file with it."""
+    """Close a listening socket; one on a UNIX path we bound takes its file with it."""
+    was_open = sock.fileno() != -1
     sock.close()
-    if address.startswith("unix:"):
+    if address.startswith("unix:") and was_open:
         try:
             os.unlink(address[5:])
         except OSError:
