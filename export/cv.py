@@ -38,9 +38,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--wide-c", type=float, default=1.0)
+    p.add_argument("--wide-c", type=float, nargs="+", default=[1.0], help="LinearSVC C (a grid)")
+    p.add_argument("--ham-weight", type=float, nargs="+", default=[1.0],
+                   help="LinearSVC class weight of ham (a grid, crossed with --wide-c)")
     p.add_argument("--adam", action="store_true", help="also fit the wide half by Adam")
-    p.add_argument("--combine-c", type=float, default=1.0)
+    p.add_argument("--combine-c", type=float, nargs="+", default=[1.0],
+                   help="C of the combination's logistic regression (a grid)")
+    p.add_argument("--rnn-from", type=Path,
+                   help="reuse the GRU's out-of-fold logits from this --oof file, no GRU training")
+    p.add_argument("--rnn", nargs="*", default=None,
+                   help="GRU designs to combine (default: all); e.g. rnn.avg4-6")
     p.add_argument("--max-messages", type=int, default=0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
@@ -61,12 +68,16 @@ def fold_logits(args: argparse.Namespace, analyses: list, labels: np.ndarray, fo
         oof.setdefault(name, np.full(len(labels), np.nan))[te] = values
 
     started = time.monotonic()
-    w, b = recipe.fit_wide_svm(train_items, labels[tr], args.wide_c)
-    put("wide.svm", recipe.wide_logits(w, b, test_items))
+    for c in args.wide_c:
+        for hw in args.ham_weight:
+            w, b = recipe.fit_wide_svm(train_items, labels[tr], c, hw)
+            put(wide_name(c, hw), recipe.wide_logits(w, b, test_items))
     if args.adam:
         w, b = recipe.fit_wide_adam(train_items, labels[tr], 4, 0.03, 32, args.seed)
         put("wide.adam", recipe.wide_logits(w, b, test_items))
     print(f"fold {f}: wide {time.monotonic() - started:.0f} s", file=sys.stderr)
+    if args.rnn_from:
+        return
     net = recipe.new_net(ModelConfig(vocab_size=len(vocab), dropout=args.dropout), args.seed)
     snaps = recipe.fit_rnn(net, train_items, labels[tr], epochs=args.epochs, lr=args.lr,
                            weight_decay=args.weight_decay, batch_size=32, seed=args.seed,
@@ -75,6 +86,21 @@ def fold_logits(args: argparse.Namespace, analyses: list, labels: np.ndarray, fo
         for k in range(2, min(args.average, end) + 1):
             net.load_state_dict(recipe.average_states(snaps[end - k:end]), strict=False)
             put(f"rnn.avg{end - k + 1}-{end}", recipe.rnn_logits(net, test_items))
+
+
+def wide_name(c: float, ham_weight: float) -> str:
+    name = f"wide.svm.C{c:g}"
+    return name if ham_weight == 1.0 else f"{name}.ham{ham_weight:g}"
+
+
+def load_rnn(path: Path, labels: np.ndarray, fold: np.ndarray,
+             keys: list[str] | None) -> dict[str, np.ndarray]:
+    """Saved out-of-fold GRU logits, checked to belong to the same messages and folds."""
+    saved = np.load(path)
+    if not (np.array_equal(saved["labels"], labels) and np.array_equal(saved["fold"], fold)):
+        raise SystemExit(f"cv: {path} was made on other messages or folds")
+    names = keys if keys is not None else [k for k in saved.files if k.startswith("rnn.")]
+    return {k: saved[k] for k in names}
 
 
 def per_fold(labels: np.ndarray, fold: np.ndarray, scores: np.ndarray, folds: int) -> dict:
@@ -99,23 +125,27 @@ def nested_combination(wide: np.ndarray, rnn: np.ndarray, labels: np.ndarray,
 
 
 def table(labels: np.ndarray, fold: np.ndarray, oof: dict[str, np.ndarray], folds: int,
-          c: float) -> dict:
+          cs: list[float], rnn_keys: list[str] | None) -> dict:
     out = {name: per_fold(labels, fold, v, folds) for name, v in oof.items()}
+    rnames = rnn_keys if rnn_keys is not None else [n for n in oof if n.startswith("rnn.")]
     for wname in [n for n in oof if n.startswith("wide.")]:
-        for rname in [n for n in oof if n.startswith("rnn.")]:
-            whole, weights = nested_combination(oof[wname], oof[rname], labels, fold, folds, c)
-            out[f"whole[{wname}+{rname}]"] = per_fold(labels, fold, whole, folds)
-            out[f"whole[{wname}+{rname}]"]["weights"] = weights
+        for rname in rnames:
+            for c in cs:
+                whole, weights = nested_combination(oof[wname], oof[rname], labels, fold,
+                                                    folds, c)
+                name = f"whole[{wname}+{rname}]" + ("" if c == 1.0 else f".cC{c:g}")
+                out[name] = per_fold(labels, fold, whole, folds)
+                out[name]["weights"] = weights
             out[f"sum[{wname}+{rname}]"] = per_fold(labels, fold, oof[wname] + oof[rname], folds)
     return out
 
 
 def show(results: dict) -> None:
-    print(f"{'design':42s} {'AUC mean':>9s} {'min':>8s} {'max':>8s}   "
+    print(f"{'design':56s} {'AUC mean':>9s} {'min':>8s} {'max':>8s}   "
           f"{'recall mean':>11s} {'min':>6s} {'max':>6s}")
     for name, r in results.items():
         a, rc = r["auc"], r["recall_at_0.2pct_fpr"]
-        print(f"{name:42s} {a['mean']:9.5f} {a['min']:8.5f} {a['max']:8.5f}   "
+        print(f"{name:56s} {a['mean']:9.5f} {a['min']:8.5f} {a['max']:8.5f}   "
               f"{100 * rc['mean']:10.1f}% {100 * rc['min']:5.1f}% {100 * rc['max']:5.1f}%")
 
 
@@ -131,12 +161,14 @@ def main(argv: list[str]) -> int:
     analyses = [text.analyze(s.raw, args.max_tokens) for s in samples]
     print(f"{len(samples)} messages, fold sizes {np.bincount(fold).tolist()}", file=sys.stderr)
     oof: dict[str, np.ndarray] = {}
+    if args.rnn_from:
+        oof.update(load_rnn(args.rnn_from, labels, fold, args.rnn))
     for f in range(args.folds):
         fold_logits(args, analyses, labels, fold, f, oof)
         if args.oof:
             # numpy's stubs take **kwds for allow_pickle: bool; the arrays are what savez stores.
             np.savez(args.oof, labels=labels, fold=fold, **oof)  # type: ignore[arg-type]
-    results = table(labels, fold, oof, args.folds, args.combine_c)
+    results = table(labels, fold, oof, args.folds, args.combine_c, args.rnn)
     show(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -76,12 +76,17 @@ def sparse_matrix(items: Sequence[Prepared]):  # -> scipy.sparse.csr_matrix
     return sparse.csr_matrix((w, ids, indptr), shape=(len(items), features.BUCKETS))
 
 
-def fit_wide_svm(items: Sequence[Prepared], labels: np.ndarray,
-                 c: float) -> tuple[np.ndarray, float]:
-    """LinearSVC (squared hinge, L2) on the hashed features: (weights (BUCKETS,), bias)."""
+def fit_wide_svm(items: Sequence[Prepared], labels: np.ndarray, c: float,
+                 ham_weight: float = 1.0) -> tuple[np.ndarray, float]:
+    """LinearSVC (squared hinge, L2) on the hashed features: (weights (BUCKETS,), bias).
+
+    ham_weight > 1 makes a margin violation by a ham message cost that many times more
+    (a flagged ham costs a postmaster more than a missed spam).
+    """
     from sklearn.svm import LinearSVC
 
-    svm = LinearSVC(C=c, max_iter=5000, tol=1e-5, random_state=0)
+    svm = LinearSVC(C=c, max_iter=5000, tol=1e-5, random_state=0,
+                    class_weight={0: ham_weight, 1: 1.0})
     svm.fit(sparse_matrix(items), labels)
     return svm.coef_[0].astype(np.float32), float(svm.intercept_[0])
 

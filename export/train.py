@@ -64,7 +64,7 @@ class Fitted:
         self.vocab, self.idf = recipe.fit_inputs(analyses, cfg.vocab_size, cfg.min_count,
                                                  cfg.features)
         items = recipe.encode(analyses, self.vocab, self.idf, cfg.features)
-        self.w, self.b = recipe.fit_wide_svm(items, labels, cfg.wide_c)
+        self.w, self.b = recipe.fit_wide_svm(items, labels, cfg.wide_c, cfg.wide_ham_weight)
         self.mcfg = dataclasses.replace(mcfg, vocab_size=len(self.vocab))
         self.net = recipe.new_net(self.mcfg, cfg.seed)
         snaps = recipe.fit_rnn(self.net, items, labels, epochs=1 if cfg.dry_run else cfg.epochs,

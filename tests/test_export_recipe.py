@@ -46,6 +46,19 @@ def test_wide_svm_learns_the_separating_buckets() -> None:
     assert ((logits > 0) == labels.astype(bool)).all()
 
 
+def test_wide_svm_ham_weight_moves_the_boundary_away_from_ham() -> None:
+    """Overlapping classes: weighting ham makes fewer ham score above zero."""
+    rng = np.random.default_rng(3)
+    labels = (np.arange(400) % 2).astype(np.int64)
+    items = [Prepared(np.ones(2, np.int64), np.array([7, 5], np.int64),
+                      np.array([y + rng.normal(0, 0.8), 1.0], np.float32)) for y in labels]
+    flagged = []
+    for hw in (1.0, 8.0):
+        w, b = recipe.fit_wide_svm(items, labels, 1.0, hw)
+        flagged.append(int((recipe.wide_logits(w, b, items)[labels == 0] > 0).sum()))
+    assert flagged[1] < flagged[0]
+
+
 def test_combination_is_learned_and_drops_a_useless_part() -> None:
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 2000)
