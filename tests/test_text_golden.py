@@ -1,0 +1,91 @@
+"""The text pipeline's outputs on the whole corpus, pinned by checksums.
+
+The model was trained on exactly these tokens and features, so a speed-up of text.py or
+features.py must not change a single one (PIPELINE_VERSION stays). The checksums below were
+computed with the pipeline as it was before it was optimised (issue 12); the corpus data
+itself is not committed, only sha256 digests over the concatenated outputs.
+
+The IDF table and the vocabulary are built here, deterministically, rather than taken from
+model_artifacts/, so that a retrained model does not move the checksums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.corpus import iter_corpus
+from filterd.pipeline import features, text
+from filterd.pipeline.vocab import Vocab
+from tests.fixtures.prereq import missing
+
+pytestmark = [pytest.mark.corpus]
+
+# sha256 hex digests of the concatenated outputs, by check (see _digests)
+GOLDEN = {
+    "messages": "907653a5ff4a0b04e6c124106f978dfaf34fb13a2b9bb3499b0c98174e4032b1",
+    "tokens_128": "ecc603097a75e199bed9e2a171cd4b59e775338ffd9ed88ebba311dcb4a8bb2c",
+    "wide": "0ab66caabf42ffed62266b3e16d2efc052a082a07598335fbff2fa11421efa32",
+    "char_wb": "acd9751e112574a83c896e70f6d46def20d2236e5f2a37ae693ddd3fa9e81f0c",
+    "ids_128": "8caf00d8c49a21335122e560571e4ec8101e6505f68d7c21666a130f242a3b03",
+    "tokens_4096": "86d98c428229e9ed40210adc3e82d0687e950063e9985855519423736a8e095a",
+    "alnum": "ae599e10b35f84446b3da7d0e1175fdda615ac8aba15b63e89dc16eaa69fb030",
+    "truncated": "9c98709513e9976b0242d530c1c1846693669ab49c7a6e788a52424d340b3fa8",
+}
+
+
+def _idf() -> np.ndarray:
+    """A fixed float16 table, as idf.npy ships, with values spread like a real IDF."""
+    rng = np.random.default_rng(12)
+    return (1.0 + 9.0 * rng.random(features.BUCKETS)).astype(np.float16)
+
+
+def _update(h: hashlib._Hash, *arrays: np.ndarray) -> None:
+    for a in arrays:
+        h.update(str(a.dtype).encode() + len(a).to_bytes(8, "little"))
+        h.update(np.ascontiguousarray(a).tobytes())
+
+
+def _tokens(h: hashlib._Hash, tokens: list[str]) -> None:
+    h.update("\x00".join(tokens).encode("utf-8", "surrogatepass") + b"\x01")
+
+
+def _digests(raws: Iterator[bytes]) -> dict[str, str]:
+    """Every message through every stage; some checks on a subset to stay fast."""
+    idf = _idf()
+    h = {name: hashlib.sha256() for name in GOLDEN}
+    vocab: Vocab | None = None
+    first: list[list[str]] = []
+    for i, raw in enumerate(raws):
+        h["messages"].update(hashlib.sha256(raw).digest())
+        analysis = text.analyze(raw, 128)
+        _tokens(h["tokens_128"], analysis.tokens)
+        h["wide"].update(len(analysis.wide).to_bytes(8, "little") + analysis.wide)
+        _update(h["char_wb"], *features.featurize(analysis.wide, idf, "char_wb"))
+        if i < 300:     # the vocabulary: tokens of the first 300 messages
+            first.append(analysis.tokens)
+            continue
+        if vocab is None:
+            vocab = Vocab.build(first, 4000, min_count=1)
+        _update(h["ids_128"], *text.prepare(raw, vocab, idf, 128))
+        if i % 4 == 0:
+            _tokens(h["tokens_4096"], text.analyze(raw, 4096).tokens)
+        if i % 5 == 0:
+            _update(h["alnum"], *features.featurize(analysis.wide, idf, "alnum"))
+        if i % 7 == 0:      # cut anywhere: headers, boundaries and encodings left unfinished
+            for cut in (len(raw) // 3, len(raw) // 2 + 1, 700):
+                part = text.analyze(raw[:cut], 128)
+                _tokens(h["truncated"], part.tokens)
+                _update(h["truncated"], *features.featurize(part.wide, idf, "char_wb"))
+    return {name: d.hexdigest() for name, d in h.items()}
+
+
+def test_pipeline_outputs_match_the_golden_checksums(corpus_dir: Path) -> None:
+    got = _digests(sample.raw for sample in iter_corpus(corpus_dir))
+    if got["messages"] != GOLDEN["messages"]:
+        missing("a different corpus: the golden checksums are of the shipped one")
+    assert got == GOLDEN
