@@ -52,70 +52,104 @@ _PPOW = _powers(_P, _MAX_BYTES + 1)
 _QPOW = _powers(_Q, _MAX_BYTES + 1)
 
 
-def _bucket(h: np.ndarray, salt: np.uint64) -> np.ndarray:
-    """Spread span hashes over the buckets: a multiplicative hash, top BITS bits (in place)."""
-    h += salt
+# Per-byte tables for bytes.translate, far cheaper than numpy fancy indexing on a few KB:
+# whether a byte is a word byte (1) or separates words (0), and for "char_wb" the byte with
+# every whitespace byte made a space, so "a\tb" and "a b" share n-grams.
+_IS_WORD = {True: bytes(int(not _SPACE[b]) for b in range(256)),
+            False: bytes(int(_WORD[b]) for b in range(256))}
+_AS_SPACE = bytes(32 if _SPACE[b] else b for b in range(256))
+
+
+def _bucket(h: np.ndarray, salt: np.uint64 | None = None) -> np.ndarray:
+    """Spread span hashes over the buckets: a multiplicative hash, top BITS bits (in place).
+    Without `salt` the caller has added it already (_hashes salts each group in place)."""
+    if salt is not None:
+        h += salt
     h *= _MIX
     h ^= h >> np.uint64(29)
     h *= _MIX
     h >>= _SHIFT
-    return h.astype(np.int64)
+    return h
 
 
-def _rolling(a: np.ndarray, wb: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gap, gaps, prefix) of the byte array `a`: which bytes separate words, their running
-    count, and the prefix sums of the rolling hash (hash_ngrams and first_spans share them)."""
-    n = a.size
-    gap = _SPACE[a] if wb else ~_WORD[a]            # bytes that separate words
+def _rolling(data: bytes, wb: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(word, prefix) of `data`: which bytes belong to words, with a non-word byte added at
+    either end, and the prefix sums of the rolling hash (hash_ngrams and first_spans share them)."""
+    n = len(data)
+    word = np.frombuffer((b" " + data + b" ").translate(_IS_WORD[wb]), dtype=bool)
+    codes = np.frombuffer(data.translate(_AS_SPACE) if wb else data, dtype=np.uint8)
+    prefix = np.empty(n + 1, dtype=np.uint64)
+    prefix[0] = 0
     with np.errstate(over="ignore"):
-        c = a.astype(np.uint64)
-        c += np.uint64(1)
-        if wb:      # every whitespace byte counts as one space: "a\tb" and "a b" share n-grams
-            c[gap] = np.uint64(33)
-        c *= _QPOW[:n]
-        prefix = np.zeros(n + 1, dtype=np.uint64)
-        np.cumsum(c, out=prefix[1:])
-    gaps = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(gap, out=gaps[1:])
-    return gap, gaps, prefix
+        np.add(codes, np.uint64(1), out=prefix[1:])     # byte + 1: a NUL byte still counts
+        np.multiply(prefix[1:], _QPOW[:n], out=prefix[1:])
+        np.cumsum(prefix[1:], out=prefix[1:])
+    return word, prefix
 
 
-def _words(gap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end offsets of the words (runs of non-gap bytes)."""
-    edges = np.diff(np.concatenate(([0], (~gap).view(np.int8), [0])))
-    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+def _words(word: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end offsets of the words (runs of word bytes; `word` is padded either end)."""
+    edges = np.flatnonzero(word[1:] != word[:-1])   # start, end, start, end, ...
+    return edges[0::2], edges[1::2]
 
 
-def _keep(gaps: np.ndarray, size: int, m: int, wb: bool) -> np.ndarray:
-    """Which of the m character n-grams of `size` bytes are features."""
-    if wb:      # no gap strictly inside; one at either end marks the word boundary
-        return gaps[size - 1: size - 1 + m] == gaps[1: 1 + m]
-    return gaps[size: size + m] == gaps[:m]         # entirely inside one word
+def _keeps(word: np.ndarray, wb: bool) -> dict[int, np.ndarray]:
+    """For each n-gram size, which of the n-grams starting at 0, 1, ... are features.
+
+    char_wb: no gap strictly inside (one at either end marks the word boundary); alnum:
+    no gap at all. `run` is "the next k bytes from here are word bytes", grown a byte at a time.
+    """
+    word = word[1:-1]
+    skip = 1 if wb else 0                           # bytes at the front that may be a gap
+    out: dict[int, np.ndarray] = {}
+    run = word[skip:]
+    for k in range(1, max(CHAR_NGRAMS) - 2 * skip + 1):
+        if k > 1:
+            run = run[:-1] & word[skip + k - 1:]
+        size = k + 2 * skip
+        if size in CHAR_NGRAMS and word.size - size + 1 > 0:
+            out[size] = run[: word.size - size + 1]
+    return out
+
+
+def _hashes(data: bytes, scheme: str) -> tuple[np.ndarray, int]:
+    """Bucket ids (uint64, with repeats) of the words, then of their character n-grams,
+    and how many words lead: every group hashed and mixed in one buffer."""
+    data = bytes(data[:_MAX_BYTES])
+    if not data:
+        return np.zeros(0, np.uint64), 0
+    wb = scheme == "char_wb"
+    word, prefix = _rolling(data, wb)
+    starts, ends = _words(word)
+    keeps = _keeps(word, wb)
+    nw = starts.size
+    buf = np.empty(nw + sum(k.size for k in keeps.values()), dtype=np.uint64)
+    keep = np.empty(buf.size, dtype=bool)
+    with np.errstate(over="ignore"):
+        # hash of a[s:e] = (prefix[e] - prefix[s]) * P**s = sum c[j] * Q**(j - s)
+        words = buf[:nw]
+        np.subtract(prefix[ends], prefix[starts], out=words)
+        words *= _PPOW[starts]
+        words += _SALT_WORD
+        keep[:nw] = True
+        at = nw
+        for size, kept in keeps.items():
+            m = kept.size                           # n-grams start at 0 .. m-1
+            # contiguous slices, then one keep for all sizes: cheaper than gathering by index
+            h = buf[at: at + m]
+            np.subtract(prefix[size: size + m], prefix[:m], out=h)
+            h *= _PPOW[:m]
+            h += np.uint64(size)
+            keep[at: at + m] = kept
+            at += m
+        return _bucket(buf[keep]), nw
 
 
 def hash_ngrams(data: bytes, scheme: str = "char_wb") -> tuple[np.ndarray, np.ndarray]:
     """Bucket ids (with repeats) of the words and of their character n-grams."""
-    a = np.frombuffer(data[:_MAX_BYTES], dtype=np.uint8)
-    n = a.size
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    wb = scheme == "char_wb"
-    gap, gaps, prefix = _rolling(a, wb)
-    with np.errstate(over="ignore"):
-        starts, ends = _words(gap)
-        # hash of a[s:e] = (prefix[e] - prefix[s]) * P**s = sum c[j] * Q**(j - s)
-        words = _bucket((prefix[ends] - prefix[starts]) * _PPOW[starts], _SALT_WORD)
-        grams = []
-        for size in CHAR_NGRAMS:
-            m = n - size + 1                        # n-grams start at 0 .. m-1
-            if m <= 0:
-                continue
-            keep = _keep(gaps, size, m, wb)
-            # contiguous slices, then keep: cheaper than gathering by index
-            h = prefix[size: size + m] - prefix[:m]
-            h *= _PPOW[:m]
-            grams.append(_bucket(h[keep], np.uint64(size)))
-    return words, np.concatenate(grams) if grams else np.zeros(0, np.int64)
+    h, nw = _hashes(data, scheme)
+    h = h.astype(np.int64)
+    return h[:nw], h[nw:]
 
 
 def first_spans(data: bytes, words: np.ndarray, chars: np.ndarray,
@@ -123,23 +157,20 @@ def first_spans(data: bytes, words: np.ndarray, chars: np.ndarray,
     """For the given word buckets and char n-gram buckets, the first span of `data` that
     hashes there: what an explanation calls a feature. Same hash as hash_ngrams; slower
     (it keeps positions), so it is only run for the few buckets an explanation lists."""
-    a = np.frombuffer(data[:_MAX_BYTES], dtype=np.uint8)
-    n = a.size
+    data = bytes(data[:_MAX_BYTES])
+    a = np.frombuffer(data, dtype=np.uint8)
     found_words: dict[int, bytes] = {}
     found_chars: dict[int, bytes] = {}
-    if n == 0:
+    if a.size == 0:
         return found_words, found_chars
     wb = scheme == "char_wb"
-    gap, gaps, prefix = _rolling(a, wb)
+    word, prefix = _rolling(data, wb)
     with np.errstate(over="ignore"):
-        starts, ends = _words(gap)
+        starts, ends = _words(word)
         buckets = _bucket((prefix[ends] - prefix[starts]) * _PPOW[starts], _SALT_WORD)
         _first(buckets, words, starts, ends, a, found_words)
-        for size in CHAR_NGRAMS:
-            m = n - size + 1
-            if m <= 0:
-                continue
-            at = np.flatnonzero(_keep(gaps, size, m, wb))
+        for size, kept in _keeps(word, wb).items():
+            at = np.flatnonzero(kept)
             buckets = _bucket((prefix[at + size] - prefix[at]) * _PPOW[at], np.uint64(size))
             _first(buckets, chars, at, at + size, a, found_chars)
     return found_words, found_chars
@@ -158,18 +189,26 @@ def _first(buckets: np.ndarray, wanted: np.ndarray, starts: np.ndarray, ends: np
 def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct keys and their counts: np.unique(return_counts=True), about twice as fast."""
     keys.sort()
-    first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-    return keys[first].astype(np.int64), np.diff(np.append(first, keys.size))
+    new = np.empty(keys.size, dtype=bool)
+    new[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=new[1:])
+    first = np.flatnonzero(new)
+    counts = np.empty(first.size, dtype=np.int64)
+    np.subtract(first[1:], first[:-1], out=counts[:-1])
+    counts[-1] = keys.size - first[-1]
+    return keys[first].astype(np.int64), counts
 
 
 def featurize(data: bytes, idf: np.ndarray,
               scheme: str = "char_wb") -> tuple[np.ndarray, np.ndarray]:
     """Sparse feature vector of one message: (bucket ids int64, weights float32)."""
-    words, chars = hash_ngrams(data, scheme)
-    if words.size + chars.size == 0:
+    h, nw = _hashes(data, scheme)
+    if h.size == 0:
         return np.zeros(1, np.int64), np.zeros(1, np.float32)
     # One sort for both groups: char buckets are offset by BUCKETS to keep them apart.
-    keys, counts = _count(np.concatenate((words, chars + BUCKETS)).astype(np.int32))
+    keys = h.astype(np.int32)
+    keys[nw:] += BUCKETS
+    keys, counts = _count(keys)
     ids = keys & (BUCKETS - 1)
     weights = (1.0 + np.log(counts, dtype=np.float32)) * idf[ids]
     split = int(np.searchsorted(keys, BUCKETS))

@@ -33,10 +33,14 @@ TEXT_CAP = 16 * 1024        # decoded characters kept from the whole body
 WIDE_CAP = 24 * 1024        # bytes handed to the hashed n-gram features
 DEFAULT_MAX_TOKENS = 256
 
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-_FOLD = re.compile(rb"\r?\n[ \t]+")
+# The blank line ending a header block, \r?\n\r?\n, found from its first \n (a pattern that
+# starts with a literal is searched for with a fast scan; one that starts with \r? is tried
+# at every byte) and widened over a \r before it. Likewise folds: \r?\n[ \t]+ as branches.
+_HEAD_END = re.compile(rb"\n\r?\n")
+_FOLD = re.compile(rb"\r\n[ \t]+|\n[ \t]+")
 # greedy value, trailing blanks stripped in Python: a lazy `(.*?)[ \t]*$` is quadratic
 _HEADER_LINE = re.compile(rb"^([!-9;-~]{1,76})[ \t]*:[ \t]*(.*)$", re.M)
+_HEADER_LINE_STR = re.compile(r"^([!-9;-~]{1,76})[ \t]*:[ \t]*(.*)$", re.M)
 _CTYPE = re.compile(r"^\s*([\w.+-]+/[\w.+-]+)", re.A)
 _PARAM = re.compile(r';\s*([\w*-]+)\s*=\s*(?:"([^"]*)"|([^\s;]+))', re.A)
 _ENCODED_WORD = re.compile(r"=\?([\w.:-]+)\?([bBqQ])\?([^?\s]*)\?=")
@@ -60,6 +64,8 @@ _TOKEN = re.compile(
     rf"|(?P<word>[^\W\d_{_CJK}]+)"
     r"|(?P<punct>[!$%?\u20ac\u00a3]))"
 )
+_URL_GROUP, _NUM_GROUP, _CJK_GROUP = (_TOKEN.groupindex[name] for name in ("url", "num", "cjk"))
+assert list(_TOKEN.groupindex) == ["url", "email", "num", "cjk", "word", "punct"]
 _MAX_WORD = 20
 _CHARS_PER_TOKEN = 64       # text looked at per token wanted
 
@@ -111,15 +117,19 @@ def _split_head(raw: bytes) -> tuple[bytes, bytes]:
     match = _HEAD_END.search(raw, 0, MAX_HEADER)
     if match is None:
         return raw[:MAX_HEADER], b""
-    return raw[: match.start()], raw[match.end():]
+    start = match.start()
+    if start > 0 and raw[start - 1] == 13:  # \r
+        start -= 1
+    return raw[:start], raw[match.end():]
 
 
 def _parse_headers(head: bytes) -> dict[str, str]:
     """Header name (lower case) → value (latin-1, RFC 2047 decoded); repeats joined by newlines."""
     out: dict[str, str] = {}
-    for name, value in _HEADER_LINE.findall(_FOLD.sub(b" ", head[:MAX_HEADER])):
-        key = name.decode("ascii").lower()
-        text = value.rstrip(b" \t\r").decode("latin-1")
+    # decoded once as a whole: names are ASCII, so lower-casing the latin-1 text is the same
+    for name, value in _HEADER_LINE_STR.findall(_FOLD.sub(b" ", head[:MAX_HEADER]).decode("latin-1")):
+        key = name.lower()
+        text = value.rstrip(" \t\r")
         out[key] = out[key] + "\n" + text if key in out else text
     return out
 
@@ -304,15 +314,16 @@ def tokenize(text: str, limit: int) -> list[str]:
     out: list[str] = []
     if limit <= 0:
         return out
+    append = out.append
     # lower-casing the whole text would cost more than the tokens we keep: bound it
     for match in _TOKEN.finditer(text[: limit * _CHARS_PER_TOKEN].lower()):
-        kind = match.lastgroup
-        value = match.group()
-        if kind == "word" or kind == "cjk" or kind == "punct":
-            out.append(value if len(value) <= _MAX_WORD else "<long>")
-        elif kind == "num":
-            out.append("<num>")
-        elif kind == "url":
+        kind = match.lastindex or 0             # the group that matched (always one)
+        value = match[0]
+        if kind >= _CJK_GROUP:                  # cjk, word, punct: the text itself
+            append(value if len(value) <= _MAX_WORD else "<long>")
+        elif kind == _NUM_GROUP:
+            append("<num>")
+        elif kind == _URL_GROUP:
             host = value.split("//", 1)[-1].split("/", 1)[0].split(":")[0]
             out += ["<url>", "@" + ".".join(host.split(".")[-2:])]
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,9 @@ class Vocab:
 
     def encode(self, tokens: list[str]) -> np.ndarray:
         """Token ids as int64, <unk> for unknown tokens."""
-        get = self.index.get
-        return np.fromiter((get(t, UNK_ID) for t in tokens), dtype=np.int64, count=len(tokens))
+        # map over the tokens, not a generator expression: no Python frame per token
+        return np.fromiter(map(self.index.get, tokens, repeat(UNK_ID, len(tokens))),
+                           dtype=np.int64, count=len(tokens))
 
     def save(self, path: Path, spec: dict[str, object]) -> None:
         """Write the tokens and the tokenizer spec (pipeline version, token cap) as JSON."""
