@@ -33,6 +33,22 @@ def corpus_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def ham(corpus_dir: Path) -> list[bytes]:
+    """Two real ham messages from the corpus (for tests that send mail through an MTA)."""
+    from tests.fixtures.postfix import corpus_messages   # here: pytest rewrites its asserts first
+
+    return corpus_messages(corpus_dir, "ham", 2)
+
+
+@pytest.fixture(scope="session")
+def spam(corpus_dir: Path) -> list[bytes]:
+    """Three real spam messages from the corpus."""
+    from tests.fixtures.postfix import corpus_messages
+
+    return corpus_messages(corpus_dir, "spam", 3)
+
+
+@pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The model that ships in the repository."""
     return REPO / "model_artifacts"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.frontends import check_report_header, frontend_port
-from tests.fixtures.postfix import MailPath, corpus_messages, strip_spam_headers, swaks
+from tests.fixtures.postfix import MailPath, strip_spam_headers, swaks
 from tests.fixtures.smtp import unfold, wait_until
 
 pytestmark = [pytest.mark.postfix, pytest.mark.corpus, pytest.mark.slow]
@@ -24,16 +24,6 @@ pytestmark = [pytest.mark.postfix, pytest.mark.corpus, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def path(postfix_factory: Any) -> MailPath:
     return postfix_factory("milter")
-
-
-@pytest.fixture(scope="module")
-def ham(corpus_dir: Path) -> list[bytes]:
-    return corpus_messages(corpus_dir, "ham", 2)
-
-
-@pytest.fixture(scope="module")
-def spam(corpus_dir: Path) -> list[bytes]:
-    return corpus_messages(corpus_dir, "spam", 3)
 
 
 def test_tags_at_the_top_and_renames_forged_headers(path: MailPath, spam: list[bytes],

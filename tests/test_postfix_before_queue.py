@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.lifecycle import shipped_model
-from tests.fixtures.postfix import MailPath, assert_intact, corpus_messages, swaks
+from tests.fixtures.postfix import MailPath, assert_intact, swaks
 from tests.fixtures.smtp import wait_until
 
 pytestmark = [pytest.mark.postfix, pytest.mark.corpus, pytest.mark.slow]
@@ -20,16 +20,6 @@ pytestmark = [pytest.mark.postfix, pytest.mark.corpus, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def before(postfix_factory) -> MailPath:
     return postfix_factory("before")
-
-
-@pytest.fixture(scope="module")
-def ham(corpus_dir: Path) -> list[bytes]:
-    return corpus_messages(corpus_dir, "ham", 2)
-
-
-@pytest.fixture(scope="module")
-def spam(corpus_dir: Path) -> list[bytes]:
-    return corpus_messages(corpus_dir, "spam", 2)
 
 
 def test_mail_passes_through_tagged_and_intact(before: MailPath, ham: list[bytes],
