@@ -241,8 +241,8 @@ def save_idf(path: Path, idf: np.ndarray) -> None:
 def load_buckets(path: Path) -> np.ndarray:
     """One value per bucket (idf.npy, wide.npy), never unpickling anything.
 
-    Kept as stored: the IDF table stays float16 (2 MB a worker, not 4), and `featurize`
-    multiplies it into float32 weights, which gives exactly the values a float32 copy would.
+    Kept as stored (the IDF table is float16); the scorer lays the two tables side by side
+    as float32, which gives `featurize` exactly the weights the float16 table gives.
     """
     values = np.load(path, allow_pickle=False)
     if values.shape != (BUCKETS,) or values.dtype not in (np.float16, np.float32):

@@ -56,10 +56,17 @@ class Scorer:
         self.session = session
         self.manifest = manifest
         self.vocab = vocab
-        self.idf = idf
+        # A message's n-grams hit a few thousand random buckets of two 2**20 tables (its IDF
+        # weights, then the wide weights): a cache miss each, which cost more than the rest
+        # of the text pipeline on a message that finds the caches cold. Side by side in one
+        # (buckets, 2) float32 table, both values of a bucket come in one cache line:
+        # features of 40 corpus messages, warm 298 -> 250 us, cold 750 -> 410-750 us.
+        table = np.empty((len(idf), 2), np.float32)
+        table[:, 0], table[:, 1] = idf, wide
+        self.idf = table[:, 0]
         # The wide branch's weight of each bucket as it enters the whole logit: what an
         # explanation multiplies each feature's weight by (the graph holds the same numbers).
-        self.wide_weights = wide
+        self.wide_weights = table[:, 1]
         self.max_tokens = max_tokens
         self.chunk_tokens = chunk_tokens
         self.hidden = int(manifest["model"]["hidden"])
