@@ -1,8 +1,14 @@
-"""host:port strings, as the config writes addresses: read one, and write a socket's back."""
+"""Addresses: host:port strings as the config writes them (read one, write a socket's back),
+and a peer's IP address against the configured networks (allowed_networks and the like)."""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -22,3 +28,24 @@ def format_address(sockname: tuple) -> str:
     """A socket address as "host:port" or "[v6]:port", the form split_hostport reads."""
     host, port = sockname[0], sockname[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def networks(values: Iterable[Any] | None) -> list[Network]:
+    """The networks of a config list ("127.0.0.0/8", "::1/128"), host bits allowed."""
+    return [ipaddress.ip_network(str(v), strict=False) for v in values or ()]
+
+
+def peer_address(peer: Any) -> Address | None:
+    """A socket peer's IP address (an IPv4-mapped one as IPv4, a scope id dropped); None for
+    a UNIX socket or anything else that is not an IP peer."""
+    try:
+        addr = ipaddress.ip_address(str(peer[0]).split("%")[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
+
+
+def in_networks(addr: Address | None, nets: list[Network]) -> bool:
+    return addr is not None and any(addr in net for net in nets)

@@ -179,8 +179,8 @@ def test_the_real_daemon_relays_and_tags(filterd_serve: Any, sink: Any) -> None:
     ("/run/filterd.sock", False, False),               # a UNIX socket: never an IP network
 ])
 def test_peer_network_membership(peer: Any, allowed: bool, trusted: bool) -> None:
-    from filterd.smtp.gate import _address, _in, _networks
+    from filterd.hostport import in_networks, networks, peer_address
 
-    address = _address(peer)
-    assert _in(address, _networks(["127.0.0.0/8", "192.0.2.0/24"])) is allowed
-    assert _in(address, _networks(["127.0.0.0/8", "::1/128"])) is trusted
+    address = peer_address(peer)
+    assert in_networks(address, networks(["127.0.0.0/8", "192.0.2.0/24"])) is allowed
+    assert in_networks(address, networks(["127.0.0.0/8", "::1/128"])) is trusted

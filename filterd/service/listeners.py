@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import logging
 import os
@@ -23,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from filterd.hostport import format_address, split_hostport
+from filterd.hostport import format_address, in_networks, networks, peer_address, split_hostport
 from filterd.scan import State
 
 log = logging.getLogger(__name__)
@@ -91,16 +90,6 @@ def describe(sock: socket.socket) -> str:
     return f"unix:{name}" if sock.family == socket.AF_UNIX else format_address(name)
 
 
-def _peer_address(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        addr = ipaddress.ip_address(str(peer[0]).split("%")[0])
-    except (TypeError, ValueError, IndexError):
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        return addr.ipv4_mapped
-    return addr
-
-
 class Listener:
     """A stream server for one front-end (`name` is "milter" or "spamd")."""
 
@@ -116,7 +105,7 @@ class Listener:
     def reconfigure(self, config: Any, batcher: Any) -> None:
         """New config/scorer for new messages; messages being scanned keep theirs."""
         self.state = State.build(config, batcher)
-        self.allowed = [ipaddress.ip_network(n) for n in config.allowed_networks]
+        self.allowed = networks(config.allowed_networks)
 
     def uses(self, batcher: Any) -> bool:
         """A message being scanned still uses `batcher` (reload waits before stopping it)."""
@@ -146,8 +135,7 @@ class Listener:
     def _admit(self, conn: Conn, sockname: Any) -> bool:
         # On a UNIX socket its file mode is the access check; max_connections holds for both.
         if not isinstance(sockname, str):
-            addr = _peer_address(conn.writer.get_extra_info("peername"))
-            if addr is None or not any(addr in net for net in self.allowed):
+            if not in_networks(peer_address(conn.writer.get_extra_info("peername")), self.allowed):
                 log.warning("%s %s %s refused: not in allowed_networks", conn.id, self.name, conn.peer)
                 return False
         if len(self.conns) >= self.state.config.max_connections:

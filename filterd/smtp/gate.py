@@ -11,13 +11,13 @@ The Gate also counts what is open, which the drain and the tests watch: `session
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import logging
 import os
 import re
 from typing import Any
 
+from filterd.hostport import in_networks, networks, peer_address
 from filterd.service import metrics
 from filterd.smtp import replies
 from filterd.smtp.replies import Reply
@@ -27,27 +27,6 @@ log = logging.getLogger(__name__)
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 _XFORWARD_ITEM = re.compile(r"^([A-Za-z]+)=(\S*)$")
 _ids = itertools.count(1)
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _networks(values: Any) -> list[Network]:
-    return [ipaddress.ip_network(str(v), strict=False) for v in values or ()]
-
-
-def _address(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The peer's IP address (an IPv4-mapped one as IPv4); None for a UNIX socket or stranger."""
-    try:
-        addr = ipaddress.ip_address(peer[0].split("%")[0])
-    except (TypeError, ValueError, IndexError):
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        return addr.ipv4_mapped
-    return addr
-
-
-def _in(addr: Any, networks: list[Network]) -> bool:
-    return addr is not None and any(addr in net for net in networks)
 
 
 def parse_xforward(arg: str) -> dict[str, str] | None:
@@ -72,8 +51,8 @@ class Gate:
     def reconfigure(self, config: Any) -> None:
         """New rules for the next connection and the next XFORWARD; open sessions stay."""
         self.max_connections = config.max_connections
-        self.allowed = _networks(config.allowed_networks)
-        self.trusted = _networks(config.xforward_networks)
+        self.allowed = networks(config.allowed_networks)
+        self.trusted = networks(config.xforward_networks)
 
     @property
     def sessions(self) -> int:
@@ -86,8 +65,8 @@ class Gate:
     def admit(self, session: Any) -> Reply | None:
         """None to greet the client, else the reply that refuses it (RFC 5321 3.1: 554)."""
         session.id = f"{self._prefix}{next(_ids):x}"
-        session.address = _address(session.peer)   # parsed once, checked again at EHLO/XFORWARD
-        if not _in(session.address, self.allowed):
+        session.address = peer_address(session.peer)   # parsed once, checked again at EHLO/XFORWARD
+        if not in_networks(session.address, self.allowed):
             log.warning("%s %s refused: not in allowed_networks", session.id, session.peer)
             return replies.S554_ACCESS_DENIED
         if self.sessions >= self.max_connections:
@@ -105,7 +84,7 @@ class Gate:
 
     def trusts(self, session: Any) -> bool:
         """May this client send XFORWARD (and is it offered at EHLO)?"""
-        return _in(session.address, self.trusted)
+        return in_networks(session.address, self.trusted)
 
     def xforward(self, session: Any, envelope: Any, arg: str) -> Reply:
         """Postfix XFORWARD_README: remember the original client's attributes for one transaction."""
