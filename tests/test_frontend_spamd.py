@@ -149,3 +149,15 @@ def test_tag_at_null_is_never_spam_for_spamc_or_exim(daemon_factory: Any, spam: 
     got = spamc(port, spam, "-c")
     assert got.returncode == 0, got                 # spamc -c: 0 = not spam
     assert b"X-Spam-Flag: NO" in spamc(port, spam).out
+
+
+def test_clients_outside_allowed_networks_are_refused_on_both_listeners(daemon_factory: Any) -> None:
+    """allowed_networks holds on the spamd and milter ports as on the SMTP port: a loopback
+    client is cut off before a byte of its request is read, and the refusal is logged."""
+    daemon = daemon_factory(spamd={"listen": "127.0.0.1:0"}, milter={"listen": "127.0.0.1:0"},
+                            allowed_networks=["192.0.2.0/24"])
+    assert exchange(frontend_port(daemon, "spamd"), b"PING SPAMC/1.5\r\n\r\n") == b""
+    negotiate = b"\x00\x00\x00\x0dO\x00\x00\x00\x06\x00\x00\x01\xff\x00\x1f\xff\xff"
+    assert exchange(frontend_port(daemon, "milter"), negotiate) == b""
+    refused = [line for line in daemon.log().splitlines() if "refused: not in allowed_networks" in line]
+    assert any(" spamd " in line for line in refused) and any(" milter " in line for line in refused), refused
