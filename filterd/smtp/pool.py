@@ -76,7 +76,10 @@ class Pool:
         if smtp.is_connected and self._keeping and len(self._idle) < self.size:
             self._idle.append((time.monotonic(), smtp))
             metrics.NEXT_HOP_IDLE.inc()
-            self._changed.set()
+            if len(self._idle) == 1:
+                # A new oldest connection, so a new deadline; a later one joins behind the
+                # oldest and changes nothing, so the reaper need not wake for every message.
+                self._changed.set()
         else:
             self._close(smtp)
 
