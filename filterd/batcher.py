@@ -1,13 +1,18 @@
-"""Micro-batching: concurrent sessions share onnxruntime calls, which run in an executor.
+"""Micro-batching: concurrent sessions share onnxruntime calls.
 
-Each `score(raw)` call joins a pending batch. A batch is handed to the executor when it
-is full (`max_batch`), when it has waited `max_wait_ms`, or as soon as a worker frees up
-while messages are waiting (one batch runs at a time). So under light load a message waits at most `max_wait_ms`,
-and under heavy load batches grow by themselves while the previous one runs: the GPU (or
-the CPU's vector units) sees big batches exactly when it matters.
+Each `score(raw)` call joins a pending batch. A batch runs when it is full (`max_batch`),
+when it has waited `max_wait_ms`, or as soon as the previous one is done while messages are
+waiting. So under light load a message waits at most `max_wait_ms`, and under heavy load
+batches grow by themselves while the previous one runs: the GPU (or the CPU's vector units)
+sees big batches exactly when it matters.
 
-The text pipeline (`Scorer.prepare`) runs in the executor too, inside the batch job: the
-event loop only appends to a list and resolves futures.
+Where a batch runs (`on_loop`): on the CPU, on the event loop itself. The text pipeline is
+Python holding the GIL and the CPU model a few hundred microseconds a message, so a scoring
+thread gave no parallelism, only hand-offs: the GIL passed back and forth and the loop woken
+from the other thread, 0.1-0.2 ms of CPU a message (docs/performance.md). A batch is bounded
+(`max_batch` messages, each cut to the model's token cap and the pipeline's byte caps), so the
+loop stalls for milliseconds at most; `timeouts.scoring` then only bounds the wait for a batch.
+On CUDA, where onnxruntime waits for the GPU without the GIL, batches go to `executor`.
 """
 
 from __future__ import annotations
@@ -22,12 +27,21 @@ from filterd.service import metrics
 log = logging.getLogger(__name__)
 
 
+def runs_on_loop(run_on: str, scorer: Any) -> bool:
+    """config scoring.run_on: "loop", "thread", or "auto": the loop unless the model is on CUDA."""
+    if run_on == "auto":
+        return getattr(scorer, "provider", "CPUExecutionProvider") == "CPUExecutionProvider"
+    return run_on == "loop"
+
+
 class Batcher:
-    """`await batcher.score(raw)` → spam probability; batches go to `executor`."""
+    """`await batcher.score(raw)` → spam probability; batches run on the loop or in `executor`
+    (which also runs explanations: scan.py)."""
 
     def __init__(self, scorer: Any, max_batch: int = 32, max_wait_ms: float = 2.0,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, on_loop: bool = False) -> None:
         self.scorer = scorer
+        self.on_loop = on_loop       # run batches on the event loop, not in `executor`
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.executor = executor
@@ -71,26 +85,41 @@ class Batcher:
             return
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
         assert self._loop is not None
+        raws, futures = [raw for raw, _ in batch], [fut for _, fut in batch]
+        if self.on_loop:
+            try:
+                results = self._run(raws)
+            except Exception as exc:  # noqa: BLE001 - the batch's callers get the error
+                self._finish(futures, [], exc)
+            else:
+                self._finish(futures, results, None)
+            return
         self._running = True
-        job = self._loop.run_in_executor(self.executor, self._run, [raw for raw, _ in batch])
-        job.add_done_callback(lambda done: self._done(done, [fut for _, fut in batch]))
+        job = self._loop.run_in_executor(self.executor, self._run, raws)
+        job.add_done_callback(lambda done: self._done(done, futures))
 
     def _run(self, raws: list[bytes]) -> list[float]:
-        # In a worker thread: onnxruntime releases the GIL while it computes.
+        # On the loop, or in a worker thread (onnxruntime releases the GIL while it computes).
         prepared = [self.scorer.prepare(raw) for raw in raws]
         return list(self.scorer.infer(prepared))
 
     def _done(self, job: asyncio.Future[list[float]], futures: list[asyncio.Future[float]]) -> None:
         self._running = False
-        metrics.BATCH_SIZE.observe(len(futures))
         error = job.exception() if not job.cancelled() else asyncio.CancelledError()
+        self._finish(futures, [] if error is not None else job.result(), error)
+
+    def _finish(self, futures: list[asyncio.Future[float]], results: list[float],
+                error: BaseException | None) -> None:
+        metrics.BATCH_SIZE.observe(len(futures))
         for i, fut in enumerate(futures):
             if fut.done():
                 continue
             if error is not None:
                 fut.set_exception(error)
             else:
-                fut.set_result(float(job.result()[i]))
-        if self._pending:
-            # Whatever arrived while this batch ran has waited long enough: go now.
-            self._flush()
+                fut.set_result(float(results[i]))
+        if self._pending and self._timer is None:
+            # Whatever arrived while this batch ran has waited long enough: go now (on the
+            # loop, after the I/O that is ready, so that a backlog is not one long stall).
+            assert self._loop is not None
+            self._timer = self._loop.call_later(0, self._flush)

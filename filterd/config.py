@@ -199,6 +199,7 @@ class ScoringConfig:
     max_bytes: int = _opt(10485760, _integer(1))
     max_tokens: int = _opt(4096, _integer(16, 1_000_000))
     on_error: str = _opt("tempfail", _choice("tempfail", "accept"))
+    run_on: str = _opt("auto", _choice("auto", "loop", "thread"))   # where batches run (batcher.py)
 
 
 @dataclass(frozen=True)

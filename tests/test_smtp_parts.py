@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from filterd.batcher import Batcher
+from filterd.batcher import Batcher, runs_on_loop
 from filterd.verdict import Verdict, format_score, header_end, render, tag
 from filterd.smtp.relay import stuffed
 from tests.fixtures.clients import ours_and_rest
@@ -89,7 +89,8 @@ def test_stuff(message: bytes, expected: bytes) -> None:
         assert b"".join(stuffed(b"", b"junk" + message, 4)) == expected
 
 
-def test_batcher_batches_concurrent_messages_and_matches_direct_scores(scorer: Any) -> None:
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "loop"])
+def test_batcher_batches_concurrent_messages_and_matches_direct_scores(scorer: Any, on_loop: bool) -> None:
     messages = [b"Subject: m%d\r\n\r\n%s\r\n" % (i, b"word " * (i * 7 + 1)) for i in range(40)]
     sizes: list[int] = []
 
@@ -102,7 +103,8 @@ def test_batcher_batches_concurrent_messages_and_matches_direct_scores(scorer: A
 
     async def run() -> list[float]:
         with ThreadPoolExecutor(1) as executor:
-            batcher = Batcher(Counting(), max_batch=16, max_wait_ms=20, executor=executor)
+            batcher = Batcher(Counting(), max_batch=16, max_wait_ms=20, executor=executor,
+                              on_loop=on_loop)
             await batcher.start()
             try:
                 return await asyncio.gather(*(batcher.score(m) for m in messages))
@@ -115,10 +117,11 @@ def test_batcher_batches_concurrent_messages_and_matches_direct_scores(scorer: A
     assert max(sizes) == 16 and len(sizes) < len(messages)
 
 
-def test_batcher_survives_cancelled_callers(scorer: Any) -> None:
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "loop"])
+def test_batcher_survives_cancelled_callers(scorer: Any, on_loop: bool) -> None:
     async def run() -> float:
         with ThreadPoolExecutor(1) as executor:
-            batcher = Batcher(scorer, max_batch=8, max_wait_ms=50, executor=executor)
+            batcher = Batcher(scorer, max_batch=8, max_wait_ms=50, executor=executor, on_loop=on_loop)
             await batcher.start()
             doomed = asyncio.ensure_future(batcher.score(b"Subject: a\r\n\r\nb\r\n"))
             await asyncio.sleep(0)
@@ -184,3 +187,14 @@ def test_peer_network_membership(peer: Any, allowed: bool, trusted: bool) -> Non
     address = peer_address(peer)
     assert in_networks(address, networks(["127.0.0.0/8", "192.0.2.0/24"])) is allowed
     assert in_networks(address, networks(["127.0.0.0/8", "::1/128"])) is trusted
+
+
+def test_batches_run_on_the_loop_on_cpu_and_in_a_thread_on_cuda() -> None:
+    class OnCuda:
+        provider = "CUDAExecutionProvider"
+
+    class OnCpu:
+        provider = "CPUExecutionProvider"
+
+    assert runs_on_loop("auto", OnCpu()) and not runs_on_loop("auto", OnCuda())
+    assert runs_on_loop("loop", OnCuda()) and not runs_on_loop("thread", OnCpu())

@@ -26,7 +26,7 @@ from filterd.service import eventloop
 from filterd.service import log as logsetup
 from filterd.service import metrics
 from filterd.smtp import replies
-from filterd.batcher import Batcher
+from filterd.batcher import Batcher, runs_on_loop
 from filterd.config import Config, load_config
 from filterd.errors import ConfigError
 from filterd.hostport import format_address, split_hostport
@@ -137,7 +137,7 @@ class Daemon:
 
     async def _start_batcher(self, config: Config, scorer: Any) -> Any:
         batcher = Batcher(scorer, config.scoring.max_batch, config.scoring.max_wait_ms,
-                          self.executor)
+                          self.executor, on_loop=runs_on_loop(config.scoring.run_on, scorer))
         await batcher.start()
         return batcher
 
