@@ -23,6 +23,7 @@ that, but hostile or sloppy senders do not, and rejecting would bounce their mai
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import re
@@ -30,10 +31,11 @@ import socket
 from collections.abc import Callable
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Session, syntax
 
 from filterd.scan import Record
 from filterd.smtp import replies
+from filterd.smtp.data import Outcome, read_data
 from filterd.smtp.gate import Gate
 
 log = logging.getLogger(__name__)
@@ -136,15 +138,45 @@ class FilterSMTP(SMTP):
         await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str | None) -> None:
-        envelope = self.envelope   # aiosmtpd makes a new one when the transaction ends
-        await super().smtp_DATA(arg)
-        # aiosmtpd answered 552 or 500 itself (too much data, line too long) and reset the
-        # envelope without calling handle_DATA (aiosmtpd has no hook for that): RSET our
-        # next-hop transaction too.
+        """aiosmtpd's DATA, with the text read by data.read_data (one buffer, large reads)
+        instead of a line at a time into a list of lines; the checks, replies and the
+        handle_DATA hook are aiosmtpd's own, in its order."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        if not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            data = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
+        except asyncio.IncompleteReadError:
+            log.info("Connection lost during DATA")
+            self._writer.close()
+            return
+        if data.outcome is not Outcome.OK:
+            await self._refuse_data(envelope, data.outcome)
+            return
+        # A bytearray, not bytes: bytes-like for everything downstream, and a bytes copy would
+        # hold the message twice at its largest moment.
+        envelope.content = envelope.original_content = data.content  # type: ignore[assignment]
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _refuse_data(self, envelope: Any, outcome: Outcome) -> None:
+        """Too much data or a line too long (answered after the final dot, RFC 5321 4.2.5):
+        aiosmtpd's replies, and our next-hop transaction is RSET too."""
+        too_much = outcome is Outcome.TOO_MUCH
+        await self.push(str(replies.S552_TOO_MUCH_DATA if too_much else replies.S500_LINE_TOO_LONG))
+        self._set_post_data_state()
         session: Any = self.session
-        if session.txn is not None and self.envelope is not envelope and envelope is not None:
-            if self.last_code == replies.S552_TOO_MUCH_DATA.code:
-                # aiosmtpd stops counting at the limit: the size logged is the limit
+        if session.txn is not None:
+            if too_much:    # counted up to the limit: the size logged is the limit
                 _too_big(session, envelope.mail_from, len(envelope.rcpt_tos),
                          self.data_size_limit or 0, replies.S552_TOO_MUCH_DATA)
             await session.end_transaction().abort()
