@@ -55,6 +55,10 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
+    if args.worker is not None or config.worker_count() == 1:   # the processes that hold mail
+        from filterd.service.malloc import return_big_buffers
+
+        return_big_buffers()
     if args.worker is not None:
         from filterd.service.worker import run_worker
 
