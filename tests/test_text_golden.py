@@ -7,12 +7,17 @@ itself is not committed, only sha256 digests over the concatenated outputs.
 
 The IDF table and the vocabulary are built here, deterministically, rather than taken from
 model_artifacts/, so that a retrained model does not move the checksums.
+
+features.py hashes with its C extension where it is built and with numpy where not; the
+featurize checks (char_wb, alnum, truncated) run both ways over the same messages and must
+give the same digests. ids_128 (text.prepare, whose features are char_wb's) runs the default way.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +43,21 @@ GOLDEN = {
 }
 
 
+# the checks that featurize alone decides, and so run by the numpy path as well
+FEATURE_CHECKS = ("char_wb", "alnum", "truncated")
+
+
+@contextmanager
+def numpy_path() -> Iterator[None]:
+    """features.py as it runs where its C extension was not built."""
+    native = features._native
+    features._native = None
+    try:
+        yield
+    finally:
+        features._native = native
+
+
 def _idf() -> np.ndarray:
     """A fixed float16 table, as idf.npy ships, with values spread like a real IDF."""
     rng = np.random.default_rng(12)
@@ -54,10 +74,21 @@ def _tokens(h: hashlib._Hash, tokens: list[str]) -> None:
     h.update("\x00".join(tokens).encode("utf-8", "surrogatepass") + b"\x01")
 
 
-def _digests(raws: Iterator[bytes]) -> dict[str, str]:
-    """Every message through every stage; some checks on a subset to stay fast."""
+def _featurize(hs: list[dict[str, hashlib._Hash]], name: str, data: bytes, idf: np.ndarray,
+               scheme: str) -> None:
+    """featurize into check `name`: the default way into hs[0], and into hs[1] (if any) by numpy."""
+    _update(hs[0][name], *features.featurize(data, idf, scheme))
+    if len(hs) > 1:
+        with numpy_path():
+            _update(hs[1][name], *features.featurize(data, idf, scheme))
+
+
+def _digests(raws: Iterator[bytes]) -> tuple[dict[str, str], dict[str, str]]:
+    """Every message through every stage; some checks on a subset to stay fast. Returns the
+    digests, and those of FEATURE_CHECKS by the numpy path (empty if that is the default)."""
     idf = _idf()
     h = {name: hashlib.sha256() for name in GOLDEN}
+    hs = [h, {name: hashlib.sha256() for name in FEATURE_CHECKS}] if features.NATIVE else [h]
     vocab: Vocab | None = None
     first: list[list[str]] = []
     for i, raw in enumerate(raws):
@@ -65,7 +96,7 @@ def _digests(raws: Iterator[bytes]) -> dict[str, str]:
         analysis = text.analyze(raw, 128)
         _tokens(h["tokens_128"], analysis.tokens)
         h["wide"].update(len(analysis.wide).to_bytes(8, "little") + analysis.wide)
-        _update(h["char_wb"], *features.featurize(analysis.wide, idf, "char_wb"))
+        _featurize(hs, "char_wb", analysis.wide, idf, "char_wb")
         if i < 300:     # the vocabulary: tokens of the first 300 messages
             first.append(analysis.tokens)
             continue
@@ -75,17 +106,21 @@ def _digests(raws: Iterator[bytes]) -> dict[str, str]:
         if i % 4 == 0:
             _tokens(h["tokens_4096"], text.analyze(raw, 4096).tokens)
         if i % 5 == 0:
-            _update(h["alnum"], *features.featurize(analysis.wide, idf, "alnum"))
+            _featurize(hs, "alnum", analysis.wide, idf, "alnum")
         if i % 7 == 0:      # cut anywhere: headers, boundaries and encodings left unfinished
             for cut in (len(raw) // 3, len(raw) // 2 + 1, 700):
                 part = text.analyze(raw[:cut], 128)
-                _tokens(h["truncated"], part.tokens)
-                _update(h["truncated"], *features.featurize(part.wide, idf, "char_wb"))
-    return {name: d.hexdigest() for name, d in h.items()}
+                for d in hs:
+                    _tokens(d["truncated"], part.tokens)
+                _featurize(hs, "truncated", part.wide, idf, "char_wb")
+    return ({name: d.hexdigest() for name, d in h.items()},
+            {name: d.hexdigest() for name, d in hs[-1].items()} if len(hs) > 1 else {})
 
 
 def test_pipeline_outputs_match_the_golden_checksums(corpus_dir: Path) -> None:
-    got = _digests(sample.raw for sample in iter_corpus(corpus_dir))
+    got, by_numpy = _digests(sample.raw for sample in iter_corpus(corpus_dir))
     if got["messages"] != GOLDEN["messages"]:
         missing("a different corpus: the golden checksums are of the shipped one")
     assert got == GOLDEN
+    if features.NATIVE:     # the fallback too (tests/test_text_native.py fails CI without the C one)
+        assert by_numpy == {name: GOLDEN[name] for name in FEATURE_CHECKS}
