@@ -141,3 +141,36 @@ def test_a_big_message_is_held_once(make_filterd: Any, sink: Any) -> None:
         finals = [line for line in iter(reader.readline, b"") if line[3:4] == b" "]
     assert [int(line[:3]) for line in finals] == [250, 250, 250, 354, 250, 221]
     assert ours_and_rest(sink.wait_for(1)[0].data)[1] == body
+
+
+def test_replies_to_pipelined_commands_go_out_together(filterd: Any, sink: Any) -> None:
+    """RFC 2920 4: MAIL's reply waits in filterd while RCPT's is being made (the next hop
+    answers RCPT slowly here), then MAIL's, RCPT's and DATA's replies arrive together."""
+    sink.behave(rcpt_delay=0.6)
+    with socket.create_connection((filterd.host, filterd.port), timeout=10) as sock:
+        got = b""
+        while not got.endswith(b"\r\n") or b"220 " not in got:
+            got += sock.recv(4096)
+        sock.sendall(b"EHLO t\r\n")
+        while b"\r\n250 " not in got:
+            got += sock.recv(4096)
+        sock.sendall(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")
+        sock.settimeout(0.3)
+        try:
+            early = sock.recv(4096)
+        except TimeoutError:
+            early = b""
+        assert early == b"", "MAIL's reply was sent before RCPT's was ready"
+        sock.settimeout(10)
+        group = b""
+        while not group.startswith(b"250") or b"354 " not in group:
+            group += sock.recv(4096)
+        assert [line[:3] for line in group.split(b"\r\n") if line] == [b"250", b"250", b"354"]
+        sock.sendall(b"Subject: grouped\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        tail = b""
+        while b"221 " not in tail:
+            chunk = sock.recv(4096)
+            assert chunk, tail
+            tail += chunk
+    assert [line[:3] for line in tail.split(b"\r\n") if line] == [b"250", b"221"]
+    assert ours_and_rest(sink.wait_for(1)[0].data)[1] == b"Subject: grouped\r\n\r\nbody\r\n"
