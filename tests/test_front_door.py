@@ -52,10 +52,10 @@ def test_export_help_exits_0_and_lists_the_commands() -> None:
 
 def _checkout_copy(dest: Path) -> Path:
     """The files a wheel is built from, without build litter landing in the checkout."""
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(REPO / name, dest / name)
-    for name in ("filterd", "export", "model_artifacts"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("filterd", "export", "model_artifacts"):   # the C extension built afresh
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     return dest
 
 
@@ -89,6 +89,10 @@ def test_classify_without_model_after_a_normal_pip_install(tmp_path: Path) -> No
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     where = run(str(python), "-c", "import filterd; print(filterd.__file__)", cwd=elsewhere, env=env)
     assert where.stdout.startswith(str(venv)), where   # the installed copy, not the checkout
+    if shutil.which("gcc"):     # the wheel carries the n-gram extension (.ci/run installs gcc)
+        native = run(str(python), "-c", "from filterd.pipeline import features; print(features.NATIVE)",
+                     cwd=elsewhere, env=env)
+        assert native.stdout.strip() == "True", native
     result = run(str(venv / "bin" / "filterd"), "classify", str(message), cwd=elsewhere, env=env)
     assert result.returncode == 0, result.stderr
     line = json.loads(result.stdout)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from filterd.pipeline import text
+from filterd.pipeline import features, text
 from filterd.errors import DeviceError, ModelError
 from filterd.pipeline.artifact import read_manifest
 from filterd.pipeline.features import load_buckets
@@ -108,7 +108,9 @@ class Scorer:
             raise ModelError(f"{path / 'model.onnx'}: onnxruntime cannot load it: {exc}") from exc
         limit = min(max_tokens, int(manifest["text"]["max_tokens"]))
         scorer = cls(session, manifest, vocab, idf, wide, limit, chunk_tokens)
-        log.info("model %s loaded from %s on %s", scorer.version, path, scorer.provider)
+        log.info("model %s loaded from %s on %s; n-grams hashed %s", scorer.version, path,
+                 scorer.provider, "in C" if features.NATIVE else
+                 "with numpy (the C extension is not built: a compiler at install time makes it)")
         return scorer
 
     def prepare(self, raw: bytes) -> Prepared:
