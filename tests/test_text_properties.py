@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,3 +37,25 @@ def test_any_bytes_give_a_bounded_token_list(raw: bytes, cap: int) -> None:
     assert prepared.ids.min() >= 0 and prepared.ids.max() < len(_VOCAB)
     assert prepared.feat_ids.size == prepared.feat_w.size >= 1
     assert np.all(np.isfinite(prepared.feat_w))
+
+
+# The token pattern as the shipped model was trained with it, before its quantifiers were made
+# possessive (text._TOKEN): the two must find the same tokens in any text.
+_TRAINED_TOKEN = re.compile(
+    rf"(?=[\w.+\-!$%?\u20ac\u00a3{text._CJK}])(?:"
+    r"(?P<url>(?:https?://|www\.)[^\s<>\"')]+)"
+    r"|(?P<email>[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8})"
+    r"|(?P<num>\d+(?:[.,]\d+)*)"
+    rf"|(?P<cjk>[{text._CJK}])"
+    rf"|(?P<word>[^\W\d_{text._CJK}]+)"
+    r"|(?P<punct>[!$%?\u20ac\u00a3]))"
+)
+_TOKEN_BITS = st.sampled_from(list("ab1_.,@-+ :/wh$!\u4e00\u00e9\u20ac") + [
+    "http://", "www.", "a" * 63, "b" * 65, "1" * 70, "x.y", "@" + "c" * 64 + ".d"])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_TOKEN_BITS, max_size=40).map("".join))
+def test_possessive_token_pattern_finds_the_trained_tokens(s: str) -> None:
+    assert ([(m.span(), m.lastindex) for m in text._TOKEN.finditer(s)]
+            == [(m.span(), m.lastindex) for m in _TRAINED_TOKEN.finditer(s)])
