@@ -95,7 +95,8 @@ class Session:
     async def run(self) -> None:
         timeout = self.listener.state.config.timeouts.idle
         while True:
-            packet = await asyncio.wait_for(self._packet(), timeout)
+            async with asyncio.timeout(timeout):    # per packet: no task each, unlike wait_for
+                packet = await self._packet()
             if packet is None:
                 return
             buf = SimpleBuffer(len(packet))

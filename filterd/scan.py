@@ -90,8 +90,8 @@ async def scan(state: State, data: bytes, record: Record, *, explain: bool = Fal
         return Scanned(verdict.Verdict("Skipped"))
     start = time.perf_counter()
     try:
-        score, why = await asyncio.wait_for(_score(state.batcher, data, explain),
-                                            config.timeouts.scoring)
+        async with asyncio.timeout(config.timeouts.scoring):   # no task per message, unlike wait_for
+            score, why = await _score(state.batcher, data, explain)
     except asyncio.CancelledError:
         raise
     except Exception:

@@ -94,7 +94,8 @@ async def serve(listener: Listener, conn: Conn) -> None:
     """One request per connection, as spamc and Exim send them."""
     timeout = listener.state.config.timeouts.idle
     try:
-        verb, length = await asyncio.wait_for(_request(conn.reader), timeout)
+        async with asyncio.timeout(timeout):
+            verb, length = await _request(conn.reader)
         if verb == "PING":
             conn.writer.write(f"{VERSION} 0 PONG\r\n".encode())
             return
@@ -102,7 +103,8 @@ async def serve(listener: Listener, conn: Conn) -> None:
             return
         if length > listener.state.config.max_message_size:
             raise ProtocolError(EX_DATAERR, f"Message too large (limit {listener.state.config.max_message_size})")
-        data = await asyncio.wait_for(conn.reader.readexactly(length), timeout)
+        async with asyncio.timeout(timeout):
+            data = await conn.reader.readexactly(length)
     except ProtocolError as exc:
         log.warning("%s spamd %s bad request: %s", conn.id, conn.peer, exc.text)
         conn.writer.write(f"{VERSION} {exc.code} {exc.text}\r\n".encode())

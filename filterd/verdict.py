@@ -158,7 +158,7 @@ def tag_parts(data: bytes, verdict: Verdict, subject_prefix: str | None = None,
     sent without a copy of it (relay.Transaction.data takes the two). `head` is our headers,
     plus the header section when a forged header or the Subject had to change."""
     end = header_end(data)
-    head = data[:end]
+    head = bytes(memoryview(data)[:end])   # bytes (data may be a bytearray): unchanged, sub returns it
     new_head = _FORGED.sub(rb"X-Spam-Untrusted-", head)
     if subject_prefix and verdict.flagged:
         new_head = _prefix_subject(new_head, subject_prefix.encode("utf-8"))

@@ -142,8 +142,8 @@ class FilterHandler:
         head, body_start = verdict.tag_parts(data, judged, config.policy.subject_prefix, report)
         start = time.perf_counter()
         try:
-            reply = await asyncio.wait_for(txn.data(head, data, body_start),
-                                           config.timeouts.next_hop)
+            async with asyncio.timeout(config.timeouts.next_hop):
+                reply = await txn.data(head, data, body_start)
         except TimeoutError:
             txn.close()
             metrics.NEXT_HOP_ERRORS.labels("timeout").inc()
