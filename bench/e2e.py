@@ -169,9 +169,11 @@ async def bench(args: argparse.Namespace, targets: dict[str, tuple[int, int | No
         await run_load(port, 8, 200, files, messages)
     runs = []
     for sessions in args.sessions:
-        for name, (port, root) in targets.items():
-            total = messages_for(sessions, args.messages)
-            runs.append(await measure(name, port, root, sessions, total, files, messages))
+        for round_ in range(args.rounds):   # targets interleaved: each round sees the same noise
+            for name, (port, root) in targets.items():
+                total = messages_for(sessions, args.messages)
+                run = await measure(name, port, root, sessions, total, files, messages)
+                runs.append({**run, "round": round_})
     return runs
 
 
@@ -189,25 +191,39 @@ def _ratio(run: dict[str, object], ref: dict[str, object] | None, key: str) -> f
     return round(float(run[key]) / float(ref[key]), 2)  # type: ignore[arg-type]
 
 
+_RATIOS = {"cpu_vs_plain": ("plain", "server_cpu_ms_per_msg"),
+           "total_cpu_vs_plain": ("plain", "total_cpu_ms_per_msg"),
+           "throughput_vs_plain": ("plain", "msgs_per_s"),
+           "throughput_vs_tuned": ("tuned", "msgs_per_s"),
+           "p99_vs_plain": ("plain", "p99_ms")}
+
+
 def ratios(runs: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Each filterd run against the references of the same session count."""
-    out = []
-    by = {(r["target"], r["sessions"]): r for r in runs}
-    for (target, sessions), run in by.items():
-        if not str(target).startswith("filterd"):
-            continue
-        plain, tuned = by.get(("plain", sessions)), by.get(("tuned", sessions))
-        out.append({"target": target, "sessions": sessions,
-                    "cpu_vs_plain": _ratio(run, plain, "server_cpu_ms_per_msg"),
-                    "total_cpu_vs_plain": _ratio(run, plain, "total_cpu_ms_per_msg"),
-                    "throughput_vs_plain": _ratio(run, plain, "msgs_per_s"),
-                    "throughput_vs_tuned": _ratio(run, tuned, "msgs_per_s"),
-                    "p99_vs_plain": _ratio(run, plain, "p99_ms")})
+    """Each filterd run against the references of the same session count and round; over
+    several rounds, the median of the rounds' ratios (and each round's in `rounds`)."""
+    by = {(r["target"], r["sessions"], r.get("round", 0)): r for r in runs}
+    per: dict[tuple[object, object], list[dict[str, float | None]]] = collections.defaultdict(list)
+    for (target, sessions, round_), run in by.items():
+        if str(target).startswith("filterd"):
+            per[(target, sessions)].append(
+                {key: _ratio(run, by.get((ref, sessions, round_)), field)
+                 for key, (ref, field) in _RATIOS.items()})
+    out: list[dict[str, object]] = []
+    for (target, sessions), rounds in per.items():
+        entry: dict[str, object] = {"target": target, "sessions": sessions}
+        for key in _RATIOS:
+            found = [v for r in rounds if (v := r[key]) is not None]
+            entry[key] = round(statistics.median(found), 2) if found else None
+        if len(rounds) > 1:
+            entry["rounds"] = rounds
+        out.append(entry)
     for r in out:
+        many = r.get("rounds")
         print(f"{r['target']:>10} S={r['sessions']:<3} cpu/msg x{r['cpu_vs_plain']} of plain "
               f"(x{r['total_cpu_vs_plain']} with the load's), "
               f"throughput x{r['throughput_vs_tuned']} of tuned (x{r['throughput_vs_plain']} "
-              f"of plain), p99 x{r['p99_vs_plain']} of plain")
+              f"of plain), p99 x{r['p99_vs_plain']} of plain"
+              f"{f'  (median of {len(many)} rounds)' if isinstance(many, list) else ''}")
     return out
 
 
@@ -215,6 +231,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--messages", type=int, default=3000, help="per run (a tenth at S=1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the targets this many times, interleaved; ratios are the "
+                             "median of the rounds' (a steadier figure on a busy machine)")
     parser.add_argument("--targets", nargs="+", default=["direct", "plain", "tuned", "filterd"],
                         help="direct, plain (a connection per message), tuned (two workers, "
                              "pool, uvloop), filterd, "
