@@ -11,6 +11,8 @@ model_artifacts/, so that a retrained model does not move the checksums.
 features.py hashes with its C extension where it is built and with numpy where not; the
 featurize checks (char_wb, alnum, truncated) run both ways over the same messages and must
 give the same digests. ids_128 (text.prepare, whose features are char_wb's) runs the default way.
+char_wb runs once more with the IDF laid out as the scorer gives it (a float32 column of a
+two-column table, which the C code reads in place): the same digest again.
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ def _idf() -> np.ndarray:
     return (1.0 + 9.0 * rng.random(features.BUCKETS)).astype(np.float16)
 
 
+def _scorer_layout(idf: np.ndarray) -> np.ndarray:
+    """The same values as Scorer holds them: column 0 of a (buckets, 2) float32 table."""
+    table = np.zeros((idf.size, 2), np.float32)
+    table[:, 0] = idf
+    return table[:, 0]
+
+
 def _update(h: hashlib._Hash, *arrays: np.ndarray) -> None:
     for a in arrays:
         h.update(str(a.dtype).encode() + len(a).to_bytes(8, "little"))
@@ -83,10 +92,12 @@ def _featurize(hs: list[dict[str, hashlib._Hash]], name: str, data: bytes, idf: 
             _update(hs[1][name], *features.featurize(data, idf, scheme))
 
 
-def _digests(raws: Iterator[bytes]) -> tuple[dict[str, str], dict[str, str]]:
+def _digests(raws: Iterator[bytes]) -> tuple[dict[str, str], dict[str, str], str]:
     """Every message through every stage; some checks on a subset to stay fast. Returns the
-    digests, and those of FEATURE_CHECKS by the numpy path (empty if that is the default)."""
+    digests, those of FEATURE_CHECKS by the numpy path (empty if that is the default), and
+    char_wb's with the scorer's IDF layout."""
     idf = _idf()
+    column, by_column = _scorer_layout(idf), hashlib.sha256()
     h = {name: hashlib.sha256() for name in GOLDEN}
     hs = [h, {name: hashlib.sha256() for name in FEATURE_CHECKS}] if features.NATIVE else [h]
     vocab: Vocab | None = None
@@ -97,6 +108,7 @@ def _digests(raws: Iterator[bytes]) -> tuple[dict[str, str], dict[str, str]]:
         _tokens(h["tokens_128"], analysis.tokens)
         h["wide"].update(len(analysis.wide).to_bytes(8, "little") + analysis.wide)
         _featurize(hs, "char_wb", analysis.wide, idf, "char_wb")
+        _update(by_column, *features.featurize(analysis.wide, column, "char_wb"))
         if i < 300:     # the vocabulary: tokens of the first 300 messages
             first.append(analysis.tokens)
             continue
@@ -114,13 +126,15 @@ def _digests(raws: Iterator[bytes]) -> tuple[dict[str, str], dict[str, str]]:
                     _tokens(d["truncated"], part.tokens)
                 _featurize(hs, "truncated", part.wide, idf, "char_wb")
     return ({name: d.hexdigest() for name, d in h.items()},
-            {name: d.hexdigest() for name, d in hs[-1].items()} if len(hs) > 1 else {})
+            {name: d.hexdigest() for name, d in hs[-1].items()} if len(hs) > 1 else {},
+            by_column.hexdigest())
 
 
 def test_pipeline_outputs_match_the_golden_checksums(corpus_dir: Path) -> None:
-    got, by_numpy = _digests(sample.raw for sample in iter_corpus(corpus_dir))
+    got, by_numpy, by_column = _digests(sample.raw for sample in iter_corpus(corpus_dir))
     if got["messages"] != GOLDEN["messages"]:
         missing("a different corpus: the golden checksums are of the shipped one")
     assert got == GOLDEN
+    assert by_column == GOLDEN["char_wb"]
     if features.NATIVE:     # the fallback too (tests/test_text_native.py fails CI without the C one)
         assert by_numpy == {name: GOLDEN[name] for name in FEATURE_CHECKS}

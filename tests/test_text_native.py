@@ -1,4 +1,4 @@
-"""The C extension of features.py against its numpy code: the same keys for any bytes.
+"""The C extension of features.py against its numpy code: the same keys and features for any bytes.
 
 The model was trained on the numpy code's features, so the extension must give them bit for
 bit (tests/test_text_golden.py checks both on the whole corpus; here arbitrary bytes), and no
@@ -31,16 +31,38 @@ def _native() -> None:
         missing("filterd.pipeline._ngrams is not built (pip install -e . with a C compiler)")
 
 
+def _idf_tables() -> list[np.ndarray]:
+    """The IDF as featurize is given it: float16 as shipped (tests/test_text_golden.py), and the
+    scorer's float32 column of a two-column table; values spread like a real IDF's."""
+    idf = (1.0 + 9.0 * np.random.default_rng(3).random(features.BUCKETS)).astype(np.float16)
+    table = np.zeros((features.BUCKETS, 2), np.float32)
+    table[:, 0] = idf
+    return [idf, table[:, 0]]
+
+
+_IDFS = _idf_tables()
+
+
+def _same(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...]) -> None:
+    """Equal dtypes and bits (NaN included)."""
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
 def _both(data: bytes, scheme: str) -> None:
-    """The C and numpy paths agree on featurize's keys and on the bucket ids."""
+    """The C and numpy paths agree on featurize's keys, the bucket ids and the features."""
     keys, nw = features._keys(data, scheme)
     hashes, hnw = features._hashes(data, scheme)
+    got = [features.featurize(data, idf, scheme) for idf in _IDFS]
     with numpy_path():
         want_keys, want_nw = features._keys(data, scheme)
         want_hashes, _ = features._hashes(data, scheme)
+        want = [features.featurize(data, idf, scheme) for idf in _IDFS]
     assert (nw, hnw) == (want_nw, want_nw)
     assert keys.dtype == np.int32 and np.array_equal(keys, want_keys)
     assert hashes.dtype == np.uint64 and np.array_equal(hashes, want_hashes)
+    for g, w in zip(got, want):
+        _same(g, w)
 
 
 def test_the_extension_is_built_and_in_use() -> None:
@@ -113,3 +135,90 @@ def test_threads_share_it() -> None:
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda d: features._keys(d, "char_wb")[0], docs * 4))
     assert all(np.array_equal(a, b) for a, b in zip(alone * 4, together))
+
+
+# featurize's counting and weighting in C (_native.weights), against _weights_numpy
+
+def _weights_both(keys: np.ndarray, idf: np.ndarray) -> None:
+    got = features._weights(keys.copy(), idf)
+    want = features._weights_numpy(keys.copy(), idf)
+    _same(got[:2], want[:2])
+    assert got[2] == want[2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.integers(0, 2 * features.BUCKETS - 1), min_size=1, max_size=300)
+       | st.lists(st.sampled_from([0, 1, features.BUCKETS - 1, features.BUCKETS, 2 * features.BUCKETS - 1]),
+                  min_size=1, max_size=300),
+       which=st.sampled_from([0, 1]))
+def test_counts_and_weights_agree(keys: list[int], which: int) -> None:
+    """Any keys (repeats, both groups, either edge of either), either IDF layout."""
+    _weights_both(np.array(keys, np.int32), _IDFS[which])
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_counts_of_every_size_agree(which: int) -> None:
+    """Counts 1 .. the most a message can give one key: the C path looks 1 + log count up in a
+    table that numpy computed, which must be numpy's log of each count, wherever it stands."""
+    rng = np.random.default_rng(5)
+    counts = np.concatenate((np.arange(1, 3000), rng.integers(1, features._MAX_KEYS, 40), [features._MAX_KEYS]))
+    for part in np.array_split(rng.permutation(counts), 20):
+        keys = np.repeat(np.sort(rng.choice(2 * features.BUCKETS, part.size, replace=False)), part)
+        if keys.size <= features._MAX_KEYS:
+            _weights_both(keys.astype(np.int32), _IDFS[which])
+    table = features._LOG_COUNT
+    assert table[1] == 1.0 and table.size == features._MAX_KEYS + 1
+    for c in (1, 2, 3, 7, 100, 4097, features._MAX_KEYS):     # alone, not in a long array
+        assert table[c] == (1.0 + np.log(np.array([c]), dtype=np.float32))[0]
+
+
+def test_every_float16_converts_as_numpy_does() -> None:
+    """The C code widens float16 IDF values itself: all 65,536 of them, NaN payloads too."""
+    idf = np.tile(np.arange(1 << 16, dtype=np.uint16).view(np.float16), features.BUCKETS >> 16)
+    keys = np.arange(1 << 16, dtype=np.int32) * 3     # buckets 0, 3, 6, ...: every value once
+    ids, weights, nwords = features._native.weights(keys, idf, features._LOG_COUNT)
+    ids = np.frombuffer(ids, np.int64)
+    with np.errstate(invalid="ignore"):     # signalling NaNs
+        want = idf[ids].astype(np.float32) * np.float32(1.0)  # count 1: 1 + log 1 = 1
+    assert np.frombuffer(weights, np.float32).tobytes() == want.tobytes()
+    assert nwords == np.count_nonzero(keys < features.BUCKETS)
+
+
+def test_weights_refuses_what_it_cannot_count() -> None:
+    weights, table = features._native.weights, features._LOG_COUNT
+    idf = _IDFS[0]
+    ok = np.array([1, 1, features.BUCKETS + 2], np.int32)
+    assert np.frombuffer(weights(ok, idf, table)[0], np.int64).tolist() == [1, 2]
+    for keys in (np.array([2, 1], np.int32), np.array([-1, 3], np.int32),
+                 np.array([0, 2 * features.BUCKETS], np.int32), np.zeros(0, np.int32), b"abc"):
+        with pytest.raises(ValueError):
+            weights(keys, idf, table)
+    with pytest.raises(ValueError):     # a count the table has no entry for
+        weights(np.zeros(10, np.int32), idf, table[:5])
+    for bad in (idf.astype(np.float64), idf[:-1], idf.reshape(2, -1), idf.astype(">f2"), b"x" * (4 << 20)):
+        with pytest.raises(TypeError):
+            weights(ok, bad, table)
+    for args in [(ok, idf), (ok, idf, table, 1), ("text", idf, table), (ok, None, table)]:
+        with pytest.raises(TypeError):
+            weights(*args)
+
+
+def test_featurize_falls_back_for_other_idf_tables() -> None:
+    """float64 or short IDF tables are numpy's to weigh, as before the C path."""
+    data = b"Cheap  pills\t\xe9t\xe9 <font> now!!! " * 40
+    for idf in (_IDFS[0].astype(np.float64), _IDFS[0].astype(">f4")):
+        got = features.featurize(data, idf)
+        with numpy_path():
+            want = features.featurize(data, idf)
+        _same(got, want)
+
+
+def test_threads_share_the_weights() -> None:
+    """The counting runs without the GIL too; concurrent calls each get their own features."""
+    rng = np.random.default_rng(8)
+    docs = [rng.choice(np.frombuffer(_INTERESTING, np.uint8), 20_000).tobytes() for _ in range(16)]
+    alone = [features.featurize(d, _IDFS[1]) for d in docs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda d: features.featurize(d, _IDFS[1]), docs * 4))
+    for a, b in zip(alone * 4, together):
+        _same(a, b)
