@@ -11,6 +11,7 @@ import pytest
 
 from filterd.errors import ModelError
 from filterd.pipeline.scorer import Scorer
+from tests.test_text_golden import numpy_path
 
 DATA = Path(__file__).parent / "data" / "mime"
 
@@ -40,6 +41,16 @@ def test_scores_are_probabilities_and_batch_independent(scorer: Scorer) -> None:
     assert all(0.0 <= s <= 1.0 for s in together)
     assert np.allclose(together, alone, atol=1e-5)
     assert scorer.score([]) == []
+
+
+def test_the_c_paths_leave_the_logits_as_they_were(scorer: Scorer) -> None:
+    """featurize and wide_sums in C or in numpy: the same logits, to the bit."""
+    raws = [p.read_bytes() for p in sorted(DATA.glob("*.eml"))]
+    raws.append(b"Subject: long\r\n\r\n" + b"cheap pills, project notes and offers " * 2000)
+    with_c = scorer.infer_logits([scorer.prepare(raw) for raw in raws])
+    with numpy_path():
+        with_numpy = scorer.infer_logits([scorer.prepare(raw) for raw in raws])
+    assert with_c.tobytes() == with_numpy.tobytes()
 
 
 def test_chunked_scoring_matches_whole(model_dir: Path) -> None:

@@ -222,3 +222,55 @@ def test_threads_share_the_weights() -> None:
         together = list(pool.map(lambda d: features.featurize(d, _IDFS[1]), docs * 4))
     for a, b in zip(alone * 4, together):
         _same(a, b)
+
+
+# the scorer's wide branch: features.sparse_dot in C (_native.dot), against numpy's sum
+
+def _column() -> np.ndarray:
+    """A wide-weight column as the scorer holds it (column 1 of a float32 table), of either sign."""
+    table = np.random.default_rng(9).standard_normal((features.BUCKETS, 2)).astype(np.float32)
+    return table[:, 1]
+
+
+_WIDE = _column()
+
+
+def _dot_both(ids: np.ndarray, weights: np.ndarray) -> None:
+    got = features.sparse_dot(ids, weights, _WIDE)
+    with numpy_path():
+        want = features.sparse_dot(ids, weights, _WIDE)
+    assert np.float64(got).tobytes() == np.float64(want).tobytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 300) | st.integers(0, 70_000), seed=st.integers(0, 2 ** 32 - 1))
+def test_sparse_dots_agree_to_the_bit(n: int, seed: int) -> None:
+    """Any length (numpy's pairwise summation splits at 8 and 128 and halves above), weights
+    spanning magnitudes so that the order of the additions shows."""
+    rng = np.random.default_rng(seed)
+    weights = (rng.standard_normal(n) * 10.0 ** rng.uniform(-6, 6, n)).astype(np.float32)
+    _dot_both(rng.integers(0, features.BUCKETS, n), weights)
+
+
+def test_sparse_dot_of_features_and_of_zeros() -> None:
+    data = b"Cheap  pills\t\xe9t\xe9 <font> now!!! " * 400
+    _dot_both(*features.featurize(data, _IDFS[1]))
+    _dot_both(np.zeros(1, np.int64), np.zeros(1, np.float32))      # an empty message's features
+    _dot_both(np.zeros(5, np.int64), np.full(5, -0.0, np.float32))
+    _dot_both(np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+def test_dot_refuses_what_it_cannot_sum() -> None:
+    dot = features._native.dot
+    ids, weights = np.array([1, 2], np.int64), np.ones(2, np.float32)
+    for bad_ids in (np.array([-1, 2], np.int64), np.array([1, features.BUCKETS], np.int64)):
+        with pytest.raises(IndexError):
+            dot(bad_ids, weights, _WIDE)
+    with pytest.raises(ValueError):
+        dot(ids, np.ones(3, np.float32), _WIDE)
+    for table in (_WIDE.astype(np.float64), np.zeros((4, 4), np.float32), b"abcd"):
+        with pytest.raises(TypeError):
+            dot(ids, weights, table)
+    for args in [(ids, weights), ("text", weights, _WIDE), (ids, weights, _WIDE, 1)]:
+        with pytest.raises(TypeError):
+            dot(*args)
