@@ -1,6 +1,7 @@
 """The optional C extension, the one thing pyproject.toml cannot declare on every setuptools.
 
-filterd/pipeline/_ngrams.c hashes features.py's n-grams, bit for bit as its numpy code does.
+filterd/pipeline/_ngrams.c hashes features.py's n-grams and counts and weighs them (and the
+scorer's sparse dot product), bit for bit as the numpy code does.
 optional=True: without a C compiler `pip install` still succeeds, with a warning, and
 features.NATIVE is False (the numpy code, slower). Plain flags: the build runs on any machine.
 """
