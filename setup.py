@@ -8,4 +8,6 @@ features.NATIVE is False (the numpy code, slower). Plain flags: the build runs o
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("filterd.pipeline._ngrams", ["filterd/pipeline/_ngrams.c"], optional=True)])
+setup(ext_modules=[Extension("filterd.pipeline._ngrams",
+                                ["filterd/pipeline/_ngrams.c", "filterd/pipeline/_ngrams_weights.c"],
+                                depends=["filterd/pipeline/_ngrams.h"], optional=True)])
