@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.clients import Flow, message, send
 from tests.fixtures.daemon import Daemon
+from tests.fixtures.frontends import frontend_port
 from tests.fixtures.lifecycle import NotifyListener, copy_model, corrupt_model, shipped_model
 from tests.fixtures.smtp import Sink, wait_until
 from tests.fixtures.smtp import greeting as greets
@@ -323,4 +324,27 @@ def test_address_in_use_one_error_line(make: Callable[..., Daemon], key: str, wo
         assert daemon.wait() != 0
     errors = [line for line in daemon.log().splitlines() if " ERROR " in line]
     assert len(errors) == 1 and f"cannot listen on {address}" in errors[0], daemon.log()
+    assert f"Address already in use, by pid {os.getpid()} (" in errors[0]   # this test holds it
     assert "Traceback" not in daemon.log()
+
+
+@pytest.mark.parametrize(("key", "workers"), [("listen", 1), ("listen", 2), ("milter", 2), ("spamd", 2)])
+def test_second_instance_on_a_taken_address_refuses_to_start(
+        make: Callable[..., Daemon], recorder: Sink, key: str, workers: int) -> None:
+    """SO_REUSEPORT would let a second filterd join the first one's sockets and take a share
+    of its mail: it must refuse to start, naming the first, which keeps getting all mail."""
+    first = make(workers=2, milter={"listen": "127.0.0.1:0"}, spamd={"listen": "127.0.0.1:0"}).start()
+    assert first.proc is not None
+    taken = f"127.0.0.1:{first.port if key == 'listen' else frontend_port(first, key)}"
+    second = make(workers=workers, **({"listen": taken} if key == "listen" else {key: {"listen": taken}}))
+    second.start(wait=False)
+    assert second.wait() != 0
+    errors = [line for line in second.log().splitlines() if " ERROR " in line]
+    assert len(errors) == 1, second.log()
+    assert f"cannot listen on {taken}: [Errno 98] Address already in use, by pid {first.proc.pid} (" \
+        in errors[0] and " -m filterd serve -c " in errors[0]
+    assert "Traceback" not in second.log() and "ready:" not in second.log()
+    for n in range(8):
+        assert send(first.port, n)[0] == 250
+    assert len(recorder.wait_for(8)) == 8
+    assert first.log().count(" frontend=smtp ") == 8 and first.problems() == []

@@ -173,8 +173,11 @@ class Daemon:
             server = await loop.create_server(tracked, sock=self.sock)
         else:
             host, port = split_hostport(self.config.listen)
-            server = await loop.create_server(tracked, host, port, reuse_address=True,
-                                              backlog=1024)
+            try:
+                server = await loop.create_server(tracked, host, port, reuse_address=True,
+                                                  backlog=1024)
+            except OSError as exc:
+                raise listeners.taken(exc, host, port) from exc
         self.address = ", ".join(format_address(s.getsockname()) for s in server.sockets)
         return server
 

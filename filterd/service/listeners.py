@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 from filterd.hostport import format_address, in_networks, networks, peer_address, split_hostport
 from filterd.scan import State
+from filterd.service import portowner
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -74,15 +76,38 @@ def bind(address: str, count: int = 1) -> list[socket.socket]:
     family, _type, _proto, _name, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     socks: list[socket.socket] = []
     try:
+        if count > 1:
+            sockaddr = _claim(family, sockaddr)
         for _ in range(count):
             socks.append(socket.create_server(sockaddr, family=family, backlog=1024,
                                               reuse_port=count > 1))
             sockaddr = socks[-1].getsockname()
-    except OSError:
+    except OSError as exc:
         for sock in socks:
             sock.close()
-        raise
+        raise taken(exc, host, port) from exc
     return socks
+
+
+def _claim(family: socket.AddressFamily, sockaddr: Any) -> Any:
+    """Fail unless the address is free, and pick its port: SO_REUSEPORT would let our
+    group join the sockets of another process (a second filterd) that set it too, and
+    the kernel would then split the connections between the two. A socket bound without
+    it is refused while anyone listens there. (Two instances starting in the same
+    instant can still both pass this; one started later cannot.)"""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as create_server does
+        probe.bind(sockaddr)
+        return probe.getsockname()
+
+
+def taken(exc: OSError, host: str, port: int) -> OSError:
+    """`exc`, and for "address in use" the process that holds it where that can be known."""
+    if exc.errno != errno.EADDRINUSE:
+        return exc
+    who = portowner.holder(host, port)
+    said = os.strerror(exc.errno)    # asyncio's own wording repeats the address
+    return OSError(exc.errno, f"{said}, by {who}" if who else f"{said} (by another process)")
 
 
 def describe(sock: socket.socket) -> str:
