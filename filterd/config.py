@@ -218,6 +218,8 @@ class MilterConfig:
 @dataclass(frozen=True)
 class SpamdConfig:
     listen: str = _opt("127.0.0.1:10783", _hostport(0))
+    # TELL (spamc -L spam|ham|forget) teaches the learning engine; off like spamd's --allow-tell.
+    allow_tell: bool = _opt(False, _boolean)
 
 
 @dataclass(frozen=True)

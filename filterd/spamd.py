@@ -1,23 +1,14 @@
-"""The spamd front-end: SpamAssassin's spamd protocol, as `spamc` and Exim's `spam =` speak it.
+"""The spamd front-end: SpamAssassin's spamd protocol, as spamc, Exim's `spam =`, Haraka's
+spamassassin plugin and aiospamc speak it.
 
-A request (spamd's PROTOCOL file, SPAMC/1.x):
-
-    CHECK SPAMC/1.5\\r\\n           verb: CHECK SYMBOLS REPORT REPORT_IFSPAM PROCESS HEADERS PING
-    Content-length: 1234\\r\\n      required for all but PING; other headers (User, ...) ignored
-    \\r\\n
-    <1234 bytes of message>
-
-and the answer (the `Spam:` line first, where Exim's parser looks for it):
-
-    SPAMD/1.5 0 EX_OK\\r\\n
-    Spam: True ; 12.3 / 5.0\\r\\n
-    Content-length: N\\r\\n         when there is a body (SYMBOLS, REPORT, PROCESS, HEADERS)
-    \\r\\n
-    <body>
-
-Errors are `SPAMD/1.5 <sysexits code> <text>` and close the connection: 76 EX_PROTOCOL
-for a malformed request, 65 EX_DATAERR for one over max_message_size, 75 EX_TEMPFAIL when
-scoring failed (spamc then passes the message through unchanged; Exim defers).
+The wire format (reading requests, framing answers per SPAMC/1.x version, spamd's error
+codes and texts) is spamd_protocol.py; this module answers a request. One request per
+connection. CHECK, SYMBOLS, REPORT, REPORT_IFSPAM, PROCESS and HEADERS scan the message;
+PING answers PONG; SKIP answers nothing; TELL teaches the learning engine when
+`spamd.allow_tell` is on (tell() below). `User:` is passed to the learning engine and
+logged; there are no per-user settings for a scan (spamd would switch to the user's
+preferences). A scan that fails answers `75` (EX_TEMPFAIL, which spamd never sends):
+spamc without `-x` then passes the message through unchanged, Exim defers.
 
 The score scale. spamd speaks SpamAssassin points, and Exim compares `$spam_score_int`
 (points × 10) against numbers in its ACLs, so we map the model's probability onto points
@@ -38,32 +29,25 @@ wherever the policy switched one off), so an ACL on `$spam_score_int` still work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 
 from filterd import verdict
+from filterd.learning import LearningError
 from filterd.pipeline import explain
 from filterd.scan import Record, State, scan
 from filterd.service.listeners import Conn, Listener
+from filterd.spamd_protocol import (EX_TEMPFAIL, EX_TIMEOUT, PONG, Request, SpamdError,
+                                    answer, bad_header, read_body, read_request, spam_line,
+                                    told, unavailable)
 
 log = logging.getLogger(__name__)
 
-VERSION = "SPAMD/1.5"
 TAG_POINTS, REJECT_POINTS, MAX_POINTS = 5.0, 10.0, 50.0
 NEVER_POINTS = 1000.0     # the threshold shown when the policy never flags (tag_at: null)
-_VERBS = {"CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS", "PING", "SKIP"}
-_MAX_HEADER_LINES = 32
-_MAX_LINE = 1024
-
-EX_DATAERR, EX_TEMPFAIL, EX_PROTOCOL = 65, 75, 76
-
-
-class ProtocolError(Exception):
-    """A request we refuse: `code` is the sysexits code spamd would use."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(text)
-        self.code, self.text = code, text
+_LINGER = 1.0             # seconds a refused client may go on sending before we close
+TELL_OFF = "TELL commands are not enabled, set the --allow-tell switch."   # spamd's words
 
 
 def points(score: float, policy: verdict.Policy, manifest: verdict.Policy) -> float:
@@ -91,112 +75,123 @@ def _shown(value: float) -> str:
 
 
 async def serve(listener: Listener, conn: Conn) -> None:
-    """One request per connection, as spamc and Exim send them."""
-    timeout = listener.state.config.timeouts.idle
+    """One request per connection, as spamd serves them."""
+    config = listener.state.config
+    timeout = config.timeouts.idle
     try:
-        async with asyncio.timeout(timeout):
-            verb, length = await _request(conn.reader)
-        if verb == "PING":
-            conn.writer.write(f"{VERSION} 0 PONG\r\n".encode())
-            return
-        if verb == "SKIP":
-            return
-        if length > listener.state.config.max_message_size:
-            raise ProtocolError(EX_DATAERR, f"Message too large (limit {listener.state.config.max_message_size})")
-        async with asyncio.timeout(timeout):
-            data = await conn.reader.readexactly(length)
-    except ProtocolError as exc:
-        log.warning("%s spamd %s bad request: %s", conn.id, conn.peer, exc.text)
-        conn.writer.write(f"{VERSION} {exc.code} {exc.text}\r\n".encode())
+        async with asyncio.timeout(timeout):   # the whole request, headers and body
+            request = await read_request(conn.reader)
+            if request.verb == "TELL":
+                _may_tell(listener, request)
+            data = b""
+            if request.verb not in ("PING", "SKIP"):
+                data = await read_body(conn.reader, request, config.max_message_size)
+    except SpamdError as exc:
+        await _refuse(conn, exc)
         return
-    except asyncio.IncompleteReadError:
-        log.warning("%s spamd %s client went away before the end of the message", conn.id, conn.peer)
+    except TimeoutError:
+        await _refuse(conn, SpamdError(EX_TIMEOUT, f"Timeout: ({timeout:g} second socket timeout "
+                                                   "reading input from client)"))
         return
-    with listener.scanning(conn) as state:
-        answer = await _answer(state, conn, verb, data)
-    conn.writer.write(answer)
+    if request.verb == "PING":
+        conn.writer.write(PONG)
+    elif request.verb == "TELL":
+        conn.writer.write(await tell(listener, conn, request, data))
+    elif request.verb != "SKIP":
+        with listener.scanning(conn) as state:
+            conn.writer.write(await _answer(state, conn, request, data))
     await conn.writer.drain()
 
 
-async def _request(reader: asyncio.StreamReader) -> tuple[str, int]:
-    """(verb, Content-length) of a request; ProtocolError if it is not one."""
-    line = await _line(reader)
-    verb, _, proto = line.partition(" ")
-    if verb not in _VERBS or not proto.startswith("SPAMC/"):
-        raise ProtocolError(EX_PROTOCOL, "Bad request line")
-    if verb == "PING":
-        return verb, 0
-    length = None
-    for _ in range(_MAX_HEADER_LINES):
-        header = await _line(reader)
-        if not header:
-            break
-        name, sep, value = header.partition(":")
-        if not sep:
-            raise ProtocolError(EX_PROTOCOL, "Bad header line")
-        if name.strip().lower() == "content-length":
-            if not value.strip().isdigit():
-                raise ProtocolError(EX_PROTOCOL, "Bad Content-length")
-            length = int(value.strip())
-        elif name.strip().lower() == "compress":
-            raise ProtocolError(EX_PROTOCOL, "Compression not supported")
-    else:
-        raise ProtocolError(EX_PROTOCOL, "Too many header lines")
-    if length is None and verb != "SKIP":
-        raise ProtocolError(EX_PROTOCOL, "Missing Content-length")
-    return verb, length or 0
+async def _refuse(conn: Conn, exc: SpamdError) -> None:
+    """Answer the error line, then read (and drop) what the client still sends, for a
+    second at most: closing with unread input makes the kernel reset the connection, and a
+    reset can destroy the answer before the client reads it (e.g. a body over the limit)."""
+    # A client that connects and goes away (a port probe) is not worth a warning.
+    level = logging.DEBUG if exc.text.endswith("(closed before headers)") else logging.WARNING
+    log.log(level, "%s spamd %s refused: %s", conn.id, conn.peer, exc.text)
+    conn.writer.write(exc.line())
+    await conn.writer.drain()
+    if conn.writer.can_write_eof():
+        conn.writer.write_eof()
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(_LINGER):
+            while await conn.reader.read(65536):
+                pass
 
 
-async def _line(reader: asyncio.StreamReader) -> str:
+def _may_tell(listener: Listener, request: Request) -> None:
+    """spamd's checks before it reads a TELL's body, in its order, and ours after them."""
+    if not listener.state.config.spamd.allow_tell:
+        raise unavailable(TELL_OFF)
+    if request.set_local and request.remove_local:
+        raise bad_header("Unable to set local and remove local in the same operation.")
+    if request.set_local and request.message_class is None:
+        raise bad_header("(Set: local needs a Message-class header)")
+    if listener.teacher is None:
+        raise unavailable("no learning engine in this filterd")
+
+
+async def tell(listener: Listener, conn: Conn, request: Request, data: bytes) -> bytes:
+    """Teach (`Set: local`) or unteach (`Remove: local`) one message. The answer names
+    what changed; nothing when it was already so, and spamc says "already un/learned"."""
+    teacher = listener.teacher
+    assert teacher is not None   # _may_tell checked it before the body was read
+    did_set = did_remove = False
     try:
-        raw = await reader.readuntil(b"\n")
-    except asyncio.LimitOverrunError:
-        raise ProtocolError(EX_PROTOCOL, "Line too long") from None
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise ProtocolError(EX_PROTOCOL, "Truncated request") from None
-        raise
-    if len(raw) > _MAX_LINE:
-        raise ProtocolError(EX_PROTOCOL, "Line too long")
-    return raw.decode("latin-1").rstrip("\r\n")
+        if request.set_local and request.message_class is not None:
+            did_set = await teacher.learn(data, request.message_class, request.user)
+        elif request.remove_local:
+            did_remove = await teacher.forget(data, request.user)
+    except LearningError as exc:
+        log.warning("%s spamd %s TELL not recorded: %s", conn.id, conn.peer, exc)
+        return SpamdError(EX_TEMPFAIL, "Service temporarily unavailable: the lesson could not "
+                                       "be recorded, try again later").line()
+    what = (f"set {request.message_class}" if request.set_local else
+            "remove" if request.remove_local else "nothing asked")
+    log.info("%s frontend=spamd client=%s user=%s size=%d tell=%r changed=%s", conn.id,
+             conn.peer, request.user or "-", len(data), what, did_set or did_remove)
+    return told(did_set, did_remove)
 
 
-async def _answer(state: State, conn: Conn, verb: str, data: bytes) -> bytes:
+async def _answer(state: State, conn: Conn, request: Request, data: bytes) -> bytes:
     """The whole response to one scanned message."""
+    verb = request.verb
     record = Record("spamd", conn.id, conn.peer, size=len(data))
     want_reasons = verb in ("SYMBOLS", "REPORT", "REPORT_IFSPAM") or state.config.policy.report
     scanned = await scan(state, data, record, explain=want_reasons)
     judged = scanned.verdict
     if judged is None:
-        reply = f"{VERSION} {EX_TEMPFAIL} Message could not be scanned, try again later\r\n"
-        record.log(reply)
-        return reply.encode()
+        error = SpamdError(EX_TEMPFAIL, "Message could not be scanned, try again later")
+        record.log(error.text)
+        return error.line()
     manifest = verdict.Policy(state.batcher.scorer.thresholds.tag, state.batcher.scorer.thresholds.reject)
     value = points(judged.score, state.policy, manifest) if judged.score is not None else 0.0
-    spam = f"Spam: {'True' if judged.flagged else 'False'} ; {_shown(value)} / {required(state.policy):.1f}"
-    body = _body(verb, state, judged, scanned.explanation, data, value)
-    head = f"{VERSION} 0 EX_OK\r\n{spam}\r\n"
-    if body is not None:
-        head += f"Content-length: {len(body)}\r\n"
+    spam = spam_line(request, judged.flagged, _shown(value), f"{required(state.policy):.1f}")
+    body = _body(request, state, judged, scanned.explanation, data, value)
     record.log(spam)
-    return head.encode() + b"\r\n" + (body or b"")
+    return answer(request, spam, body)
 
 
-def _body(verb: str, state: State, judged: verdict.Verdict, why: explain.Explanation | None,
+def _body(request: Request, state: State, judged: verdict.Verdict, why: explain.Explanation | None,
           data: bytes, value: float) -> bytes | None:
+    verb = request.verb
     if verb == "CHECK":
         return None
     if verb == "SYMBOLS":
-        return ",".join(explain.symbols(why) if why else []).encode()
+        names = ",".join(explain.symbols(why) if why else []).encode()
+        return names if request.at_least(1, 3) else names + b"\r\n"   # as spamd does
     if verb in ("REPORT", "REPORT_IFSPAM"):
         if verb == "REPORT_IFSPAM" and not judged.flagged:
             return b""
         return report(judged, why, value, required(state.policy)).encode("utf-8")
     config = state.config
     summary = explain.summary(why) if why and config.policy.report else None
-    tagged = verdict.tag(data, judged, config.policy.subject_prefix, summary)
+    # An mbox "From " line stays first, our headers after it, as SpamAssassin keeps it.
+    mbox = data[: data.index(b"\n") + 1] if data.startswith(b"From ") and b"\n" in data else b""
+    tagged = mbox + verdict.tag(data[len(mbox):], judged, config.policy.subject_prefix, summary)
     if verb == "HEADERS":
-        return tagged[: verdict.header_end(tagged)] + b"\r\n"
+        return tagged[: len(mbox) + verdict.header_end(tagged[len(mbox):])] + b"\r\n"
     return tagged    # PROCESS
 
 

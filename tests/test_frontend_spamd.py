@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 
 from filterd.spamd import points
 from filterd.verdict import Policy
-from tests.fixtures.frontends import exchange, frontend_port, require_spamc, spamc
+from tests.fixtures.frontends import SPAMC, Spamc, exchange, frontend_port, require_spamc, spamc
 from tests.fixtures.postfix import corpus_messages
 
 pytestmark = [pytest.mark.slow]
@@ -68,7 +70,54 @@ def test_report_and_symbols_name_the_features(served: tuple[Any, int], spam: byt
     assert re.search(r"[+-]\d+\.\d{3}  (word|chars) \"", text), text
     symbols = spamc(port, spam, "-y")
     names = symbols.out.decode().strip().split(",")
-    assert len(names) == 10 and all(re.fullmatch(r"FD_(WORD|CHARS)_[A-Z0-9_]+", n) for n in names), names
+    # only the features that pushed towards spam, each once, readable rule names
+    pushed = re.findall(r"^ +\+\d+\.\d{3}  (?:word|chars) ", text, re.M)
+    assert 0 < len(names) == len(pushed) <= 10, (names, text)
+    assert len(set(names)) == len(names), names
+    assert all(re.fullmatch(r"FD_(WORD|CHARS)_([A-Z0-9_]|x[0-9A-F]{2,})+", n) for n in names), names
+
+
+def test_symbols_escape_odd_characters_and_skip_hammy_features() -> None:
+    from filterd.pipeline.explain import Explanation, Reason, symbols
+
+    reasons = (Reason("word", "|", 1.0), Reason("chars", "é_a", 0.5), Reason("word", "|", 0.4),
+               Reason("word", "free", -2.0), Reason("chars", "Free", 0.3))
+    assert symbols(Explanation(1.0, 0.0, 0.0, reasons)) == [
+        "FD_WORD_x7C", "FD_CHARS_xE9_A", "FD_CHARS_FREE"]
+
+
+def test_every_spamc_mode(served: tuple[Any, int], spam: bytes) -> None:
+    """spamc's modes against the listener, each with what spamc prints and exits."""
+    require_spamc()
+    _daemon, port = served
+    got = spamc(port, spam, "-r")              # REPORT_IFSPAM on spam: the report
+    assert "recurrent part of the network" in got.out.decode(), got
+    got = spamc(port, HAM, "-r")               # ... on ham: nothing but the score line
+    assert "recurrent part" not in got.out.decode(), got
+    got = spamc(port, spam, "-E")              # filter and exit 1 for spam
+    assert got.returncode == 1 and got.out.startswith(b"X-Spam-Flag: YES\r\n"), got
+    assert spamc(port, HAM, "-E").returncode == 0
+    got = spamc(port, HAM, "--headers")        # HEADERS: spamc puts the body back itself
+    assert got.returncode == 0 and got.out.startswith(b"X-Spam-Flag: NO\r\n"), got
+    assert got.out.endswith(b"User-Agent: Mutt/1.4i\r\n\r\n" + HAM.split(b"\r\n\r\n", 1)[1]), got
+    assert spamc(port, b"", "-K") == Spamc(0, b"SPAMD/1.5 0\n"), "PING: spamc prints version and code"
+    got = spamc(port, HAM, "-c", "-u", "alice")  # User: is accepted
+    assert got.returncode == 0, got
+    down = spamc(port + 1 if port < 65535 else 1, HAM, "-c", "--connect-retries", "1")
+    assert down.returncode != 0, "spamc -x against nothing must fail"
+
+
+def test_spamc_passes_too_big_and_refused_messages_through(served: tuple[Any, int]) -> None:
+    """Without -x, spamc falls back to the message unchanged when we refuse it (here: over
+    max_message_size, 200 KB in this daemon) or when it does not send it (over its -s)."""
+    require_spamc()
+    _daemon, port = served
+    big = HAM + b"y" * 250_000 + b"\r\n"
+    result = subprocess.run([SPAMC, "-d", "127.0.0.1", "-p", str(port), "-s", "1000000"],
+                            input=big, capture_output=True, timeout=60, check=False)
+    assert result.stdout == big, result.stderr
+    raw = exchange(port, b"PROCESS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(big) + big)
+    assert raw == b"SPAMD/1.0 65 Message too large: over max_message_size (200000 bytes)\r\n"
 
 
 def test_plain_spamc_returns_the_message_with_our_headers(served: tuple[Any, int], spam: bytes) -> None:
@@ -83,31 +132,108 @@ def test_plain_spamc_returns_the_message_with_our_headers(served: tuple[Any, int
     assert b"X-Spam-Untrusted-Flag: NO" in spamc(port, forged).out
 
 
+def test_plain_spamc_keeps_an_mbox_from_line_first(served: tuple[Any, int]) -> None:
+    """procmail's `| spamc` hands over an mbox message: its "From " line stays the first
+    line and our headers follow it (SpamAssassin does the same), for PROCESS and HEADERS."""
+    require_spamc()
+    _daemon, port = served
+    from_line = b"From alice@example.org  Tue Oct  1 10:00:00 2002\n"
+    for args in ((), ("--headers",)):
+        got = spamc(port, from_line + HAM, *args)
+        assert got.out.startswith(from_line + b"X-Spam-Flag: NO\r\n"), got
+        assert b"\r\nReceived: from mail.example.org" in got.out
+
+
 def test_ping_and_raw_protocol_answers(served: tuple[Any, int]) -> None:
     _daemon, port = served
     assert exchange(port, b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
+    assert exchange(port, b"PING SPAMC/1.2\r\n", shut=False) == b"SPAMD/1.5 0 PONG\r\n"
+    assert exchange(port, b"SKIP SPAMC/1.5\r\n\r\n") == b""
     answer = exchange(port, b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(HAM) + HAM)
-    assert re.fullmatch(rb"SPAMD/1\.5 0 EX_OK\r\nSpam: False ; -?\d+\.\d / 5\.0\r\n\r\n", answer), answer
+    assert re.fullmatch(rb"SPAMD/1\.1 0 EX_OK\r\nSpam: False ; -?\d+\.\d / 5\.0\r\n\r\n", answer), answer
     headers = exchange(port, b"HEADERS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(HAM) + HAM)
     ham_head = HAM.split(b"\r\n\r\n")[0].split(b"\r\n", 2)[2]
-    assert b"\r\nContent-length: " in headers and headers.endswith(ham_head + b"\r\n\r\n")
+    assert re.match(rb"SPAMD/1\.1 0 EX_OK\r\nContent-length: \d+\r\nSpam: False ", headers), headers
+    assert headers.endswith(ham_head + b"\r\n\r\n")
 
 
-@pytest.mark.parametrize("request_bytes, code", [
-    (b"GET / HTTP/1.0\r\n\r\n", b"76"),                                   # not spamd at all
-    (b"CHECK SPAMC/1.5\r\n\r\nhello", b"76"),                             # no Content-length
-    (b"CHECK SPAMC/1.5\r\nContent-length: x\r\n\r\n", b"76"),
-    (b"CHECK SPAMC/1.5\r\nContent-length: 5\r\nnonsense\r\n\r\nhello", b"76"),
-    (b"CHECK SPAMC/1.5\r\nContent-length: 999999999\r\n\r\n", b"65"),     # over max_message_size
-    (b"CHECK SPAMC/1.5\r\n" + b"X: y\r\n" * 40 + b"\r\n", b"76"),
-    (b"CHECK SPAMC/1.5\r\n" + b"A" * 100_000 + b"\r\n", b"76"),
-    (b"\x00\xff" * 50 + b"\r\n", b"76"),
+def test_framing_follows_the_protocol_version(served: tuple[Any, int], spam: bytes) -> None:
+    """As spamd: no Content-length below SPAMC/1.3 for SYMBOLS and REPORT (Exim sends REPORT
+    SPAMC/1.2 and keeps all after `Spam: ...\\r\\n\\r\\n` as $spam_report), SYMBOLS
+    ends in CRLF there; PROCESS at 1.2 has Content-length and no Spam line, and below 1.2
+    only the message follows."""
+    _daemon, port = served
+
+    def ask(line: bytes, data: bytes = spam) -> bytes:
+        return exchange(port, line + b"\r\nContent-length: %d\r\n\r\n" % len(data) + data)
+
+    got = ask(b"REPORT SPAMC/1.2")
+    assert re.match(rb"SPAMD/1\.1 0 EX_OK\r\nSpam: True ; \d+\.\d / 5\.0\r\n\r\nfilterd: spam ", got), got
+    got = ask(b"SYMBOLS SPAMC/1.2")
+    assert re.fullmatch(rb"SPAMD/1\.1 0 EX_OK\r\nSpam: True ; [\d.]+ / 5\.0\r\n\r\nFD_[\w,]+\r\n", got), got
+    got = ask(b"SYMBOLS SPAMC/1.5")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert re.fullmatch(rb"SPAMD/1\.1 0 EX_OK\r\nContent-length: (\d+)\r\nSpam: True ; [\d.]+ / 5\.0", head)
+    assert int(head.split(b"Content-length: ")[1].split(b"\r\n")[0]) == len(body) and not body.endswith(b"\r\n")
+    got = ask(b"PROCESS SPAMC/1.2", HAM)
+    assert re.match(rb"SPAMD/1\.1 0 EX_OK\r\nContent-length: \d+\r\n\r\nX-Spam-Flag: NO\r\n", got), got
+    got = ask(b"PROCESS SPAMC/1.1", HAM)
+    assert got.startswith(b"SPAMD/1.0 0 EX_OK\r\nX-Spam-Flag: NO\r\n") and got.endswith(HAM.split(b"\r\n\r\n", 1)[1])
+    got = ask(b"REPORT_IFSPAM SPAMC/1.5", HAM)
+    assert re.fullmatch(rb"SPAMD/1\.1 0 EX_OK\r\nContent-length: 0\r\nSpam: No ; -?[\d.]+ / 5\.0\r\n\r\n", got), got
+    assert b"\r\nSpam: Yes ; " in ask(b"REPORT_IFSPAM SPAMC/1.5")
+
+
+def test_body_without_content_length_runs_to_the_end_of_the_stream(served: tuple[Any, int]) -> None:
+    """Haraka's plugin sends `HEADERS SPAMC/1.4` and `User:` without Content-length, then the
+    message, then half-closes: spamd reads to the end, and so do we, up to max_message_size."""
+    _daemon, port = served
+    got = exchange(port, b"HEADERS SPAMC/1.4\r\nUser: haraka\r\n\r\n" + HAM)
+    assert re.match(rb"SPAMD/1\.1 0 EX_OK\r\nContent-length: \d+\r\nSpam: False ; ", got), got
+    assert got.endswith(b"User-Agent: Mutt/1.4i\r\n\r\n")
+    big = b"CHECK SPAMC/1.5\r\n\r\n" + HAM + b"z" * 210_000
+    assert exchange(port, big) == b"SPAMD/1.0 65 Message too large: over max_message_size (200000 bytes)\r\n"
+
+
+def test_compressed_bodies(served: tuple[Any, int]) -> None:
+    """`Compress: zlib` (spamc -z, aiospamc): Content-length is the compressed size."""
+    _daemon, port = served
+    packed = zlib.compress(HAM)
+    got = exchange(port, b"CHECK SPAMC/1.5\r\nCompress: zlib\r\nContent-length: %d\r\n\r\n" % len(packed) + packed)
+    assert got.startswith(b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; "), got
+    got = exchange(port, b"CHECK SPAMC/1.5\r\nCompress: zlib\r\n\r\n" + packed)
+    assert got == b"SPAMD/1.0 69 Service Unavailable: Compress requires Content-length header\r\n"
+    got = exchange(port, b"CHECK SPAMC/1.5\r\nCompress: zlib\r\nContent-length: 5\r\n\r\nhello")
+    assert got.startswith(b"SPAMD/1.0 69 Service Unavailable: zlib: "), got
+    bomb = zlib.compress(b"\0" * 5_000_000)
+    got = exchange(port, b"CHECK SPAMC/1.5\r\nCompress: zlib\r\nContent-length: %d\r\n\r\n" % len(bomb) + bomb)
+    assert got.startswith(b"SPAMD/1.0 65 Message too large"), got
+    got = exchange(port, b"CHECK SPAMC/1.5\r\nCompress: gzip\r\nContent-length: 1\r\n\r\nx")
+    assert got == b"SPAMD/1.0 76 Bad header line: (compression type not supported: gzip)\r\n"
+
+
+@pytest.mark.parametrize("request_bytes, reply", [
+    (b"GET / HTTP/1.0\r\n\r\n", b"76 Bad header line: GET / HTTP/1.0"),        # not spamd at all
+    (b"CHECK SPAMC/1.5\r\nContent-length: x\r\n\r\n",
+     b"76 Bad header line: (Content-Length contains non-numeric bytes)"),
+    (b"CHECK SPAMC/1.5\r\nContent-length: 5\r\nnonsense\r\n\r\nhello",
+     b"76 Bad header line: (header not in 'Name: value' format)"),
+    (b"CHECK SPAMC/1.5\r\nContent-length: 999999999\r\n\r\n", b"65 Message too large"),
+    (b"CHECK SPAMC/1.5\r\n" + b"X: y\r\n" * 300 + b"\r\n", b"76 Bad header line: (too many headers)"),
+    (b"CHECK SPAMC/1.5\r\n" + b"A" * 100_000 + b"\r\n", b"76 Bad header line: (line too long)"),
+    (b"\x00\xff" * 50 + b"\r\n", b"76 Bad header line: ??"),
+    (b"CHECK SPAMC/1.5\r\nUser: a\x01b\r\n\r\n", b"76 Bad header line: (User header contains control chars)"),
+    (b"CHECK SPAMC/1.5\r\nContent-length: 50\r\n\r\nonly a bit",
+     b"76 Bad header line: (Content-Length mismatch: Expected 50 bytes, got 10 bytes)"),
+    (b"CHECK SPAMC/1.5\r\nContent-length: 5\r\n", b"76 Bad header line: (EOF during headers)"),
+    (b"CHECK SPA", b"76 Bad header line: (closed before headers)"),
 ])
-def test_malformed_requests_get_a_protocol_error(served: tuple[Any, int], request_bytes: bytes,
-                                                 code: bytes) -> None:
+def test_malformed_requests_get_spamds_errors(served: tuple[Any, int], request_bytes: bytes,
+                                              reply: bytes) -> None:
     daemon, port = served
     answer = exchange(port, request_bytes)
-    assert answer.startswith(b"SPAMD/1.5 " + code + b" "), answer
+    assert answer.startswith(b"SPAMD/1.0 " + reply), answer
+    assert answer.endswith(b"\r\n") and answer.count(b"\r\n") == 1
     assert daemon.alive()
 
 
@@ -122,6 +248,13 @@ def test_vanishing_and_truncating_clients_cost_nothing(served: tuple[Any, int]) 
     assert b"Spam: False ; 0.0 / 5.0" in answer and b"X-Spam-Status: Skipped" in answer
     assert exchange(port, b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
     assert daemon.alive() and "Traceback" not in daemon.log()
+
+
+def test_a_client_that_stalls_gets_spamds_timeout(daemon_factory: Any) -> None:
+    daemon = daemon_factory(spamd={"listen": "127.0.0.1:0"}, timeouts={"idle": 1})
+    port = frontend_port(daemon, "spamd")
+    got = exchange(port, b"CHECK SPAMC/1.5\r\nContent-length: 100\r\n\r\nsome", shut=False)
+    assert got == b"SPAMD/1.0 79 Timeout: (1 second socket timeout reading input from client)\r\n"
 
 
 def test_points_put_the_thresholds_at_fixed_numbers() -> None:

@@ -118,12 +118,34 @@ def _show(span: bytes, word: bool) -> str:
 
 
 def symbols(explanation: Explanation, k: int = TOP_K) -> list[str]:
-    """SpamAssassin-style symbol names of the top features, e.g. `FD_WORD_UNSUBSCRIBE`."""
-    out = []
+    """SpamAssassin-style rule names of the listed features that pushed towards spam, e.g.
+    `FD_WORD_UNSUBSCRIBE`, `FD_CHARS_VIAGR`, each once (a symbol is a rule that fired).
+
+    A name keeps ASCII letters (upper-cased) and digits, `_` for the whitespace a char
+    n-gram shows as `_`, and writes any other character as `x` and its hex code point
+    (`|` -> `x7C`, `é` -> `xE9`): letters are upper case, so a lower-case `x` always starts
+    such an escape, and two different spans never get the same name (up to the cut at 40
+    characters, between two characters; the first feature wins).
+    """
+    out: list[str] = []
     for reason in explanation.reasons[:k]:
-        name = "".join(c if c.isalnum() else "_" for c in reason.text.upper()).strip("_")
+        if reason.contribution <= 0:
+            continue
         prefix = "FD_WORD_" if reason.kind == "word" else "FD_CHARS_"
-        out.append(prefix + (name[:30] or "X"))
+        name = prefix + _symbol_text(reason.text)
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _symbol_text(text: str) -> str:
+    """The span as a rule name's tail, cut between characters at _SHOWN."""
+    out = ""
+    for c in text:
+        piece = c.upper() if c.isascii() and c.isalnum() else "_" if c == "_" else f"x{ord(c):02X}"
+        if len(out) + len(piece) > _SHOWN:
+            break
+        out += piece
     return out
 
 

@@ -30,6 +30,7 @@ from filterd.batcher import Batcher, runs_on_loop
 from filterd.config import Config, load_config
 from filterd.errors import ConfigError
 from filterd.hostport import format_address, split_hostport
+from filterd.learning import Teacher
 from filterd.service import listeners
 from filterd.service.model import load_scorer
 from filterd.service.notify import Notifier
@@ -88,6 +89,9 @@ class Daemon:
         self.factory: Callable[[], Any] = lambda: None
         self.batcher: Any = None
         self.relay: Relay | None = None
+        # The learning engine spamd TELL teaches (filterd.learning.Teacher); set it before
+        # serve(). None: no engine, TELL is refused even with spamd.allow_tell on.
+        self.teacher: Teacher | None = None
         self.executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -152,6 +156,7 @@ class Daemon:
                 continue
             sock = self.frontend_socks.get(name)
             listener = listeners.Listener(name, serve, self.config, self.batcher)
+            listener.teacher = self.teacher
             try:
                 await listener.start(sock or listeners.bind(section.listen)[0], owned=sock is None)
             except OSError as exc:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from filterd.hostport import format_address, in_networks, networks, peer_address, split_hostport
+from filterd.learning import Teacher
 from filterd.scan import State
 from filterd.service import portowner
 
@@ -125,6 +126,9 @@ class Listener:
         self.server: asyncio.Server | None = None
         self.address = ""
         self.owned = False
+        # What spamd TELL teaches: the service sets it (Daemon.teacher) before start(); None
+        # means no learning engine, and TELL is refused even with spamd.allow_tell on.
+        self.teacher: Teacher | None = None
         self.reconfigure(config, batcher)
 
     def reconfigure(self, config: Any, batcher: Any) -> None:
