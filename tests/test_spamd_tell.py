@@ -1,9 +1,8 @@
 """spamd TELL, the protocol side: `spamc -L spam|ham|forget` against the spamd listener.
 
-The service's own Daemon runs in-process so that a test can hand it a learning engine
-through the same injection point the service uses (`Daemon.teacher`, which the spamd
-listener takes as `Listener.teacher`). The engine here is a small real one, a dict keyed by
-the message's hash; filterd's own engine and its end-to-end tests are filterd/learning/'s.
+The service's own Daemon runs in-process with a small real learning engine handed over
+where the service hands its own (`spamd_with`, tests/fixtures/frontends.py); filterd's own
+engine and its end-to-end tests are filterd/learning/'s.
 """
 
 from __future__ import annotations
@@ -12,68 +11,20 @@ import hashlib
 import os
 import pwd
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from filterd.learning import Label, LearningError
-from tests.fixtures.frontends import SPAMC, Spamc, exchange, require_spamc
-from tests.fixtures.smtp import InProcessFilterd, Sink, merge, write_config
+from tests.fixtures.frontends import SPAMC, DictTeacher, Spamc, exchange, require_spamc
+from tests.fixtures.smtp import InProcessFilterd, Sink, write_config
 
 pytestmark = [pytest.mark.slow]
 
 MESSAGE = (b"From: Mallory <m@example.net>\r\nTo: b@example.com\r\nSubject: cheap pills\r\n"
            b"Message-ID: <tell-1@example.net>\r\n\r\nBuy now, best prices, click here.\r\n")
 OFF = b"SPAMD/1.0 69 Service Unavailable: TELL commands are not enabled, set the --allow-tell switch.\r\n"
-
-
-class DictTeacher:
-    """A learning engine that remembers (user, message hash) -> class; `broken` makes
-    every lesson fail as a store that cannot be reached would."""
-
-    def __init__(self) -> None:
-        self.lessons: dict[tuple[str | None, str], Label] = {}
-        self.calls = 0
-        self.broken = False
-
-    def _key(self, raw: bytes, user: str | None) -> tuple[str | None, str]:
-        self.calls += 1
-        if self.broken:
-            raise LearningError("store unreachable")
-        return user, hashlib.sha256(raw).hexdigest()
-
-    async def learn(self, raw: bytes, label: Label, user: str | None = None) -> bool:
-        key = self._key(raw, user)
-        changed = self.lessons.get(key) != label
-        self.lessons[key] = label
-        return changed
-
-    async def forget(self, raw: bytes, user: str | None = None) -> bool:
-        return self.lessons.pop(self._key(raw, user), None) is not None
-
-
-@pytest.fixture
-def spamd_with(sink: Sink, scorer: Any, tmp_path: Path) -> Iterator[Callable[..., tuple[int, DictTeacher]]]:
-    from filterd.config import load_config
-
-    started: list[InProcessFilterd] = []
-
-    def start(teacher: DictTeacher | None = None, **spamd: Any) -> tuple[int, DictTeacher]:
-        path = write_config(tmp_path / f"tell{len(started)}.yaml",
-                            merge({"next_hop": sink.address, "max_message_size": 100_000},
-                                  {"spamd": {"listen": "127.0.0.1:0", **spamd}}))
-        server = InProcessFilterd(load_config(path), scorer)
-        teacher = teacher or DictTeacher()
-        server.daemon.teacher = teacher       # the service's injection point
-        started.append(server.start())
-        spamd_listener = next(f for f in server.daemon.frontends if f.name == "spamd")
-        return int(spamd_listener.address.rpartition(":")[2]), teacher
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def learn(port: int, how: str, *args: str) -> Spamc:
