@@ -246,6 +246,26 @@ class RetrainConfig:
     holdout: float = _opt(0.2, _number(0, 0.9, lo_open=True))
 
 
+def _store(value: Any, key: str) -> str:
+    """An absolute directory, or a redis:// (rediss://, unix://) URL."""
+    text = _string(value, key).strip()
+    if text.split("://", 1)[0] in ("redis", "rediss", "unix") and "://" in text:
+        return text
+    if not text.startswith("/"):
+        raise ConfigError(f"{key}: {text!r}: expected an absolute directory or a redis:// URL")
+    return text
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """Lessons from spamd TELL and `filterd learn` (filterd/learning/)."""
+
+    store: str = _opt("/var/lib/filterd/learning", _store)
+    per_user: bool = _opt(False, _boolean)            # a user's lessons apply to their scans only
+    max_lessons: int = _opt(20000, _integer(1, 10_000_000))   # beyond it the oldest is forgotten
+    max_users: int = _opt(1000, _integer(1, 1_000_000))       # users' deltas held in memory (LRU)
+
+
 _LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
@@ -269,6 +289,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     log: LogConfig = field(default_factory=LogConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
     milter: MilterConfig | None = _opt(None, _section(MilterConfig))   # null = off
     spamd: SpamdConfig | None = _opt(None, _section(SpamdConfig))      # null = off
 

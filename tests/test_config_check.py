@@ -197,7 +197,7 @@ def test_reload_keeps_restart_keys_and_applies_the_rest() -> None:
         "listen": "127.0.0.1:1", "workers": 2, "event_loop": "asyncio", "metrics": None, "next_hop": "127.0.0.1:2",
         "relay": {"pool_size": 3}, "timeouts": {"next_hop_connect": 1, "next_hop": 2, "idle": 7},
         "max_recipients": 5, "milter": {"listen": "unix:/run/filterd/milter.sock"},
-        "spamd": {},
+        "spamd": {}, "learning": {"store": "redis://127.0.0.1:6379/0"},
     })
     pinned, notes = pin_restart_keys(old, new)
 

@@ -5,7 +5,7 @@ One process (`workers: 1`) runs Daemon.amain() directly. With more workers, a su
 endpoint, and runs this same Daemon in each worker process on the socket it inherits
 (service/worker.py). `filterd serve` chooses which in cli.py; this module imports neither.
 
-Parts are built in dependency order (executor, batcher, relay, handler, listener) and
+Parts are built in dependency order (executor, batcher, learning, relay, handler, listener) and
 stopped in reverse, so the listener stops accepting and sessions drain while the relay and
 the model are still there to finish their transactions.
 """
@@ -31,6 +31,7 @@ from filterd.config import Config, load_config
 from filterd.errors import ConfigError
 from filterd.hostport import format_address, split_hostport
 from filterd.learning import Teacher
+from filterd.learning.teacher import Learning
 from filterd.service import listeners
 from filterd.service.model import load_scorer
 from filterd.service.notify import Notifier
@@ -93,6 +94,7 @@ class Daemon:
         # serve(). None: no engine, TELL is refused even with spamd.allow_tell on.
         self.teacher: Teacher | None = None
         self.executor: ThreadPoolExecutor | None = None
+        self.learning: Learning | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- building and stopping ------------------------------------------------------------
@@ -119,6 +121,10 @@ class Daemon:
             stack.callback(self.executor.shutdown, wait=False, cancel_futures=True)
             self.batcher = await self._start_batcher(self.config, scorer)
             stack.push_async_callback(lambda: self.batcher.stop())
+            self.learning = Learning(self.config.learning)
+            await self.learning.start(scorer)
+            stack.push_async_callback(self.learning.stop)
+            self.teacher = self.teacher or self.learning    # what spamd TELL teaches
             relay = self.relay = Relay(self.config)   # connects on demand
             await relay.start()   # the pool's idle reaper; stop() QUITs the pooled connections
             stack.push_async_callback(relay.stop)
@@ -267,8 +273,9 @@ class Daemon:
                 return
             for note in notes:   # with workers, the supervisor says it once
                 log.log(logging.WARNING if self.standalone else logging.DEBUG, "reload: %s", note)
+            assert self.handler is not None and self.learning is not None   # only once serving
+            await self.learning.attach(scorer)     # the lessons made on this model move it too
             batcher = await self._start_batcher(config, scorer)
-            assert self.handler is not None   # reload() runs only once serving
             old, in_flight = self.batcher, self._transactions()
             self.handler.reconfigure(config, batcher)
             self.gate.reconfigure(config)

@@ -18,7 +18,7 @@ from filterd.service.notify import Notifier
 
 log = logging.getLogger(__name__)
 
-RESTART_KEYS = ("listen", "workers", "event_loop", "metrics", "next_hop", "relay", "milter", "spamd",
+RESTART_KEYS = ("listen", "workers", "event_loop", "metrics", "next_hop", "relay", "milter", "spamd", "learning",
                 "timeouts.next_hop_connect", "timeouts.next_hop")
 
 
