@@ -19,12 +19,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 from filterd.errors import ModelError
-from filterd.mailfiles import looks_like_mbox, mbox_messages, message_files
+from filterd.mailfiles import iter_messages
 from filterd.pipeline import explain
 from filterd.pipeline.scorer import Scorer
 from filterd.verdict import Policy
@@ -32,35 +31,6 @@ from filterd.verdict import Policy
 CHECKOUT_MODEL = Path(__file__).resolve().parent.parent / "model_artifacts"
 INSTALLED_MANIFEST = "share/filterd/model_artifacts/manifest.json"   # as pyproject.toml ships it
 BATCH = 256
-MAX_READ = 64 * 1024 * 1024
-
-
-def iter_messages(paths: list[str], errors: list[str]) -> Iterator[tuple[str, bytes]]:
-    """(path, raw bytes) for every message named by the command line, in a stable order.
-
-    A path that cannot be read is appended to `errors` and skipped.
-    """
-    for name in paths:
-        if name == "-":
-            yield "-", sys.stdin.buffer.read(MAX_READ)
-            continue
-        path = Path(name)
-        for file in message_files(path) if path.is_dir() else [path]:
-            yield from _read_file(file, errors)
-
-
-def _read_file(path: Path, errors: list[str]) -> Iterator[tuple[str, bytes]]:
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_READ)
-        if looks_like_mbox(raw):
-            items = [(f"{path}#{i}", message[:MAX_READ]) for i, message in enumerate(mbox_messages(path))]
-        else:
-            items = [(str(path), raw)]
-    except OSError as exc:
-        errors.append(f"{path}: {exc.strerror or exc}")
-        return
-    yield from items
 
 
 def _flush(scorer: Scorer, pending: list[tuple[str, bytes]], why: bool = False) -> None:

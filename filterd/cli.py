@@ -1,4 +1,4 @@
-"""Command line: `filterd serve | check-config | classify`; exit codes 0 ok, 1 runtime error, 2 usage/config.
+"""Command line: `filterd serve | check-config | classify | learn`; exit codes 0 ok, 1 runtime error, 2 usage/config.
 
 `serve` is dispatched here to the one serving shape the config asks for: a single Daemon
 (service/daemon.py), a Supervisor of N workers (service/supervisor.py), or, when the
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--explain", action="store_true",
                           help="add the features behind each score (JSON)")
     classify.add_argument("paths", nargs="+", help="message files, folders, mbox files or -")
+    from filterd import learn   # its parser beside its command (filterd/learn.py)
+
+    learn.add_parser(sub, CONFIG_HELP)
     return parser
 
 
@@ -96,7 +99,13 @@ def classify(args: argparse.Namespace) -> int:
     return command.run(args)
 
 
-COMMANDS = {"serve": serve, "check-config": check_config, "classify": classify}
+def learn(args: argparse.Namespace) -> int:
+    from filterd import learn as command
+
+    return command.run(args)
+
+
+COMMANDS = {"serve": serve, "check-config": check_config, "classify": classify, "learn": learn}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
-"""Mail on disk → raw messages: folders (Maildir included) and mbox files.
+"""Mail on disk → raw messages: folders (Maildir included), mbox files and stdin.
 
-Shared by `filterd classify` and the training pipeline (export/corpus.py), so that both
+Shared by `filterd classify`, `filterd learn` and the training pipeline (export/corpus.py), so that both
 read a postmaster's mail the same way.
 """
 
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import mailbox
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 MBOX_SNIFF = 1 << 16    # bytes of a file's head that tell an mbox from a message
+MAX_READ = 64 * 1024 * 1024
 
 
 def message_files(root: Path) -> list[Path]:
@@ -41,3 +43,31 @@ def mbox_messages(path: Path) -> Iterator[bytes]:
             yield box.get_bytes(key)
     finally:
         box.close()
+
+
+def iter_messages(paths: list[str], errors: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(path, raw bytes) for every message named by the command line, in a stable order.
+
+    A path that cannot be read is appended to `errors` and skipped.
+    """
+    for name in paths:
+        if name == "-":
+            yield "-", sys.stdin.buffer.read(MAX_READ)
+            continue
+        path = Path(name)
+        for file in message_files(path) if path.is_dir() else [path]:
+            yield from read_file(file, errors)
+
+
+def read_file(path: Path, errors: list[str]) -> Iterator[tuple[str, bytes]]:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_READ)
+        if looks_like_mbox(raw):
+            items = [(f"{path}#{i}", message[:MAX_READ]) for i, message in enumerate(mbox_messages(path))]
+        else:
+            items = [(str(path), raw)]
+    except OSError as exc:
+        errors.append(f"{path}: {exc.strerror or exc}")
+        return
+    yield from items
