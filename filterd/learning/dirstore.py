@@ -32,6 +32,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _own(path: Path, root: Path) -> None:
+    """Run as root (`filterd learn` by hand), give what we create to the store's owner, the
+    user filterd runs as, who must be able to write it too."""
+    if os.geteuid() == 0:
+        st = os.stat(root)
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+
+
 class DirStore:
     """A journal and the taught messages under `root` (created at the first lesson)."""
 
@@ -52,6 +60,7 @@ class DirStore:
         self.root.mkdir(mode=0o750, parents=True, exist_ok=True)
         fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o640)
         try:
+            _own(self.root / "lock", self.root)
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
@@ -95,6 +104,7 @@ class DirStore:
         try:
             if self._inode is None:
                 self._inode = os.fstat(fd).st_ino
+                _own(self.journal, self.root)
             os.ftruncate(fd, self._offset)    # drop a line a crash left half-written
             data = b"".join(r.encode() for r in records)
             try:
@@ -121,6 +131,7 @@ class DirStore:
             return
         if not self.messages.is_dir():
             self.messages.mkdir(mode=0o750, exist_ok=True)
+            _own(self.messages, self.root)
             _fsync_dir(self.root)
         tmp = self.messages / f".{key}.{os.getpid()}"
         try:
@@ -128,6 +139,7 @@ class DirStore:
                 f.write(raw)
                 f.flush()
                 os.fsync(f.fileno())
+            _own(tmp, self.root)
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -145,6 +157,7 @@ class DirStore:
             f.flush()
             os.fsync(f.fileno())
             inode, size = os.fstat(f.fileno()).st_ino, f.tell()
+        _own(tmp, self.root)
         os.replace(tmp, self.journal)
         _fsync_dir(self.root)
         self._inode, self._offset, self.records = inode, size, len(live)
