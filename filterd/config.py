@@ -289,7 +289,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     log: LogConfig = field(default_factory=LogConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
-    learning: LearningConfig = field(default_factory=LearningConfig)
+    learning: LearningConfig | None = _opt(LearningConfig(), _section(LearningConfig))  # null = off
     milter: MilterConfig | None = _opt(None, _section(MilterConfig))   # null = off
     spamd: SpamdConfig | None = _opt(None, _section(SpamdConfig))      # null = off
 

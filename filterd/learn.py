@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"filterd learn: {describe(args.config, exc)}", file=sys.stderr)
         return 2
+    if config.learning is None:
+        print(f"filterd learn: {args.config}: learning: null turns learning off", file=sys.stderr)
+        return 2
     learner = Learner(open_store(config.learning.store), scorer,
                       per_user=config.learning.per_user, max_lessons=config.learning.max_lessons)
     errors: list[str] = []

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.frontends import SPAMC, Spamc, require_spamc
 from tests.fixtures.learning import learn, points, points_everywhere, spamd_port
 from tests.fixtures.postfix import corpus_messages
 from tests.fixtures.prereq import missing
@@ -32,9 +33,37 @@ def spam(corpus_dir: Path) -> list[bytes]:
 
 
 def serve(daemon_factory: Any, store: Path, workers: int = 2) -> tuple[Any, int]:
-    daemon = daemon_factory(workers=workers, spamd={"listen": "127.0.0.1:0"},
+    daemon = daemon_factory(workers=workers, spamd={"listen": "127.0.0.1:0", "allow_tell": True},
                             learning={"store": str(store)})
     return daemon, spamd_port(daemon)
+
+
+def spamc_learn(port: int, message: bytes, how: str) -> Spamc:
+    """`spamc -L how`, as Dovecot's IMAPSieve recipe runs it (spamc's own exit codes)."""
+    done = subprocess.run([SPAMC, "-d", "127.0.0.1", "-p", str(port), "-L", how], input=message,
+                          capture_output=True, timeout=60, check=False)
+    return Spamc(done.returncode, done.stdout + done.stderr)
+
+
+def test_spamc_tell_teaches_every_worker_within_a_second(daemon_factory: Any, tmp_path: Path,
+                                                        spam: list[bytes]) -> None:
+    require_spamc()
+    daemon, port = serve(daemon_factory, tmp_path / "store")
+    message = spam[5]
+    before = points_everywhere(port, message)
+    assert len(before) == 1 and min(before) >= 5.0, before
+    assert spamc_learn(port, message, "ham") == Spamc(0, b"Message successfully un/learned\n")
+    taught = time.monotonic()
+    wait_until(lambda: max(points_everywhere(port, message, 8)) < 5.0, 1.0, "every worker to learn")
+    assert time.monotonic() - taught < 1.0
+    after = points_everywhere(port, message)
+    assert len(after) == 1, after
+    assert spamc_learn(port, message, "ham") == Spamc(0, b"Message was already un/learned\n")
+    assert spamc_learn(port, message, "forget") == Spamc(0, b"Message successfully un/learned\n")
+    wait_until(lambda: points_everywhere(port, message, 8) == before, 1.0, "the lesson to be undone")
+    assert spamc_learn(port, message, "forget") == Spamc(0, b"Message was already un/learned\n")
+    assert (tmp_path / "store" / "journal").read_bytes().count(b"\n") == 2    # learn, forget
+    assert daemon.problems() == []
 
 
 def test_learn_command_teaches_every_worker_within_a_second(daemon_factory: Any, tmp_path: Path,
@@ -178,9 +207,13 @@ def test_a_full_disk_fails_the_lesson_and_never_scanning(daemon_factory: Any, ti
     (tmp_path / "m.eml").write_bytes(spam[2])
     got = learn(daemon.config_path, "--ham", str(tmp_path / "m.eml"))
     assert got.returncode == 1 and "No space left on device" in got.err, got
+    told = spamc_learn(port, spam[2], "ham")
+    assert told.returncode != 0, told                          # a temporary failure: try again
+    assert not told.out.startswith(b"Message"), told
     assert (store / "journal").read_bytes() == journal       # nothing half-written
     assert points_everywhere(port, spam[2]) == {shipped}
     filler.unlink()
     assert learn(daemon.config_path, "--ham", str(tmp_path / "m.eml")).returncode == 0
     wait_until(lambda: max(points_everywhere(port, spam[2], 8)) < shipped, 1.0, "the lesson")
-    assert not [p for p in daemon.problems() if "learning" in p], daemon.problems()
+    problems = daemon.problems()
+    assert len(problems) == 1 and "TELL not recorded" in problems[0] and "No space" in problems[0], problems

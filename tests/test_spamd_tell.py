@@ -114,7 +114,7 @@ def test_a_lesson_that_cannot_be_recorded_is_a_temporary_error(
 def test_without_a_learning_engine_tell_is_unavailable(sink: Sink, scorer: Any, tmp_path: Path) -> None:
     from filterd.config import load_config
 
-    path = write_config(tmp_path / "noteacher.yaml", {"next_hop": sink.address,
+    path = write_config(tmp_path / "noteacher.yaml", {"next_hop": sink.address, "learning": None,
                                                       "spamd": {"listen": "127.0.0.1:0", "allow_tell": True}})
     server = InProcessFilterd(load_config(path), scorer).start()
     try:

@@ -90,8 +90,9 @@ class Daemon:
         self.factory: Callable[[], Any] = lambda: None
         self.batcher: Any = None
         self.relay: Relay | None = None
-        # The learning engine spamd TELL teaches (filterd.learning.Teacher); set it before
-        # serve(). None: no engine, TELL is refused even with spamd.allow_tell on.
+        # The learning engine spamd TELL teaches (filterd.learning.Teacher): serve() makes it
+        # the `learning` section's store (filterd/learning/teacher.py) unless one was set
+        # before (the in-process tests' small engine); None with `learning: null`.
         self.teacher: Teacher | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.learning: Learning | None = None
@@ -121,10 +122,11 @@ class Daemon:
             stack.callback(self.executor.shutdown, wait=False, cancel_futures=True)
             self.batcher = await self._start_batcher(self.config, scorer)
             stack.push_async_callback(lambda: self.batcher.stop())
-            self.learning = Learning(self.config.learning)
-            await self.learning.start(scorer)
-            stack.push_async_callback(self.learning.stop)
-            self.teacher = self.teacher or self.learning    # what spamd TELL teaches
+            if self.config.learning is not None:   # null: no learning, TELL unavailable
+                self.learning = Learning(self.config.learning)
+                await self.learning.start(scorer)
+                stack.push_async_callback(self.learning.stop)
+                self.teacher = self.teacher or self.learning    # what spamd TELL teaches
             relay = self.relay = Relay(self.config)   # connects on demand
             await relay.start()   # the pool's idle reaper; stop() QUITs the pooled connections
             stack.push_async_callback(relay.stop)
@@ -273,8 +275,9 @@ class Daemon:
                 return
             for note in notes:   # with workers, the supervisor says it once
                 log.log(logging.WARNING if self.standalone else logging.DEBUG, "reload: %s", note)
-            assert self.handler is not None and self.learning is not None   # only once serving
-            await self.learning.attach(scorer)     # the lessons made on this model move it too
+            assert self.handler is not None   # reload() runs only once serving
+            if self.learning is not None:     # the lessons made on this model move it too
+                await self.learning.attach(scorer)
             batcher = await self._start_batcher(config, scorer)
             old, in_flight = self.batcher, self._transactions()
             self.handler.reconfigure(config, batcher)
