@@ -37,6 +37,7 @@ from export import install, metrics
 from export.corpus import ReadStats, Sample, iter_path, split_of
 from filterd.config import Config, load_config
 from filterd.errors import ConfigError, FilterdError, ModelError
+from filterd.learning.records import CorruptState
 from filterd.service.log import setup as log_setup
 from filterd.pipeline.scorer import Scorer
 
@@ -81,7 +82,28 @@ def read_mail(config: Config, stats: ReadStats) -> list[Sample]:
             # A Maildir path means its own cur/ and new/ (iter_path skips tmp/ and the
             # Maildir++ subfolders, which are mailboxes of their own).
             samples += iter_path(Path(path), label, stats)
-    return samples
+    return with_taught(samples, config)
+
+
+def with_taught(samples: list[Sample], config: Config) -> list[Sample]:
+    """`samples` and the messages taught through spamd TELL or `filterd learn` (the
+    learning store): a message both in a folder and taught counts once, as taught."""
+    if config.learning is None:
+        return samples
+    from filterd.learning.learner import taught
+    from filterd.learning.online import message_key
+    from filterd.learning.teacher import open_store
+
+    lessons: dict[str, Sample] = {}
+    try:
+        for raw, label in taught(open_store(config.learning.store)):
+            lessons[message_key(raw)] = Sample(raw, int(label == "spam"), "learning store")
+    except (OSError, CorruptState) as exc:
+        log.warning("learning store %s unreadable, training without its lessons: %s",
+                    config.learning.store, exc)
+        return samples
+    log.info("%d taught message(s) from the learning store", len(lessons))
+    return [s for s in samples if message_key(s.raw) not in lessons] + list(lessons.values())
 
 
 def write_folders(samples: list[Sample], root: Path) -> None:

@@ -160,3 +160,17 @@ class Learner:
     def _maybe_compact(self) -> None:
         if self.store.records > 2 * len(self.lessons) + COMPACT_SLACK:
             self.store.compact(list(self.lessons.values()))
+
+
+def taught(store: Any) -> Iterator[tuple[bytes, Label]]:
+    """The site-wide lessons the store holds now, whatever model they were made on, with
+    their messages: what `export retrain` trains on beside the configured folders."""
+    lessons: OrderedDict[tuple[str | None, str], Record] = OrderedDict()
+    records, _reset = store.read_new()
+    for record in records:
+        lessons.pop((record.user, record.key), None)
+        if record.op == "learn":
+            lessons[(record.user, record.key)] = record
+    for record in lessons.values():
+        if record.user is None and record.label is not None:
+            yield store.get_message(record.key), record.label
