@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import re
 import sys
 import tarfile
 import urllib.request
@@ -22,13 +21,13 @@ from typing import NamedTuple
 
 from filterd.mailfiles import MBOX_SNIFF, looks_like_mbox, mbox_messages, message_files
 from filterd.pipeline.artifact import sha256_file
+from filterd.sniff import not_mail
 
 TARBALLS = ("20030228_easy_ham.tar.bz2", "20030228_easy_ham_2.tar.bz2",
             "20030228_hard_ham.tar.bz2", "20030228_spam.tar.bz2", "20050311_spam_2.tar.bz2")
 URL = "https://spamassassin.apache.org/old/publiccorpus/"
 MAX_MESSAGE = 32 * 1024 * 1024      # larger files are skipped as malformed
 _SKIP = {"cmds", ".DS_Store"}       # the published tarballs carry a `cmds` file per folder
-_HEADER = re.compile(rb"^[!-9;-~]+[ \t]*:", re.MULTILINE)
 
 
 class Sample(NamedTuple):
@@ -50,8 +49,9 @@ class ReadStats:
 
 
 def is_malformed(raw: bytes) -> bool:
-    """Empty, huge, or with no header line at all: not a mail message we can learn from."""
-    return not raw.strip() or len(raw) > MAX_MESSAGE or _HEADER.search(raw[:4096]) is None
+    """Huge, or not a mail message at all (filterd/sniff.py: empty, binary, no header field
+    at the start, as the daemon decides): nothing we can learn from or score."""
+    return len(raw) > MAX_MESSAGE or not_mail(raw) is not None
 
 
 def label_from_path(name: str) -> int | None:

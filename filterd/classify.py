@@ -1,12 +1,17 @@
 """`filterd classify [--model DIR] PATH…`: one JSON line per message with path, score and action.
 
-PATH is a message file, a folder (walked recursively, so Maildir cur/ and new/ are read
-too; dot files, hidden folders such as Maildir++ subfolders, and Maildir tmp/ are
+PATH is a message file, a folder (walked recursively; in a Maildir only cur/ and new/ are
+read; dot files, hidden folders such as Maildir++ subfolders, and Maildir tmp/ are
 skipped: see filterd/mailfiles.py), an mbox file, or `-` for one message on
 stdin. Messages are scored in batches; the action is what the manifest's thresholds give:
 "reject" at or above reject, "tag" at or above tag, else "pass". With --explain each line
 also carries "explanation": the logit, the recurrent part's share, and the top n-gram
 features with their signed contributions.
+
+A file that is not a mail message (filterd/sniff.py: empty, binary, no header field at the
+start) is not scored: its line says `"action": "not_mail"` and `"reason"`, with no score.
+Exit status: 0 when every path was read (not_mail lines included), 1 when a path could not
+be read, held no message (an empty folder), or the model could not be loaded.
 
 Without --model: $FILTERD_MODEL, else the model beside the package in a checkout (or an
 editable install), else the one a normal `pip install` put in
@@ -26,6 +31,7 @@ from filterd.errors import ModelError
 from filterd.mailfiles import iter_messages
 from filterd.pipeline import explain
 from filterd.pipeline.scorer import Scorer
+from filterd.sniff import not_mail
 from filterd.verdict import Policy
 
 CHECKOUT_MODEL = Path(__file__).resolve().parent.parent / "model_artifacts"
@@ -34,13 +40,18 @@ BATCH = 256
 
 
 def _flush(scorer: Scorer, pending: list[tuple[str, bytes]], why: bool = False) -> None:
-    scores = scorer.infer([scorer.prepare(raw) for _, raw in pending])
+    reasons = [not_mail(raw) for _, raw in pending]
+    mail = [raw for (_, raw), reason in zip(pending, reasons) if reason is None]
+    scores = iter(scorer.infer([scorer.prepare(raw) for raw in mail]))
     policy = Policy.resolve("manifest", "manifest", scorer.thresholds)
     out = sys.stdout
-    for (path, raw), score in zip(pending, scores):
-        line = {"path": path, "score": round(score, 6), "action": policy.action(score)}
-        if why:   # --explain: the features behind the score (filterd/pipeline/explain.py)
-            line["explanation"] = explain.explain(scorer, raw).as_dict()
+    for (path, raw), reason in zip(pending, reasons):
+        line: dict[str, object] = {"path": path, "action": "not_mail", "reason": reason}
+        if reason is None:
+            score = next(scores)
+            line = {"path": path, "score": round(score, 6), "action": policy.action(score)}
+            if why:   # --explain: the features behind the score (filterd/pipeline/explain.py)
+                line["explanation"] = explain.explain(scorer, raw).as_dict()
         out.write(json.dumps(line) + "\n")
     out.flush()
     pending.clear()

@@ -18,14 +18,16 @@ MAX_READ = 64 * 1024 * 1024
 
 def message_files(root: Path) -> list[Path]:
     """Files below root, sorted, dot files left out. Not in hidden folders: Maildir++
-    subfolders (.Junk, .Sent) are mailboxes of their own. Not in a Maildir's tmp/:
-    deliveries in progress."""
+    subfolders (.Junk, .Sent) are mailboxes of their own. In a Maildir (a folder with cur/
+    and new/) only what is in cur/ and new/: its tmp/ holds deliveries in progress, and the
+    files at its top are the mail server's (dovecot-uidlist, dovecot.index, maildirfolder)."""
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         maildir = (here / "cur").is_dir() and (here / "new").is_dir()
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and not (maildir and d == "tmp")]
-        files += [here / name for name in filenames if not name.startswith(".")]
+        if not maildir:
+            files += [here / name for name in filenames if not name.startswith(".")]
     return sorted(files)
 
 
@@ -48,14 +50,18 @@ def mbox_messages(path: Path) -> Iterator[bytes]:
 def iter_messages(paths: list[str], errors: list[str]) -> Iterator[tuple[str, bytes]]:
     """(path, raw bytes) for every message named by the command line, in a stable order.
 
-    A path that cannot be read is appended to `errors` and skipped.
+    A path that cannot be read, or a folder with no message in it, is appended to `errors`
+    and skipped.
     """
     for name in paths:
         if name == "-":
             yield "-", sys.stdin.buffer.read(MAX_READ)
             continue
         path = Path(name)
-        for file in message_files(path) if path.is_dir() else [path]:
+        files = message_files(path) if path.is_dir() else [path]
+        if not files:
+            errors.append(f"{path}: no messages in this folder (a Maildir's are in cur/ and new/)")
+        for file in files:
             yield from read_file(file, errors)
 
 

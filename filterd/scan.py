@@ -2,6 +2,8 @@
 
 `scan()` applies the rules that decide whether and how a message is scored:
 
+* not a mail message at all (sniff.not_mail: empty, binary, no header field at the
+  start): not scored (X-Spam-Status: Skipped, not a mail message (why)), never called spam;
 * larger than `scoring.max_bytes`: not scored (X-Spam-Status: Skipped);
 * the model fails or takes longer than `timeouts.scoring`: `scoring.on_error` decides,
   tempfail (the front-end answers 4xx and the MTA retries) or accept (X-Spam-Status: Unknown);
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from filterd import verdict
 from filterd.service import metrics
+from filterd.sniff import not_mail
 
 if TYPE_CHECKING:
     # Imported where it is used: explain needs numpy, and the supervisor, which imports
@@ -85,6 +88,9 @@ class Scanned:
 async def scan(state: State, data: bytes, record: Record, *, explain: bool = False) -> Scanned:
     """Score `data` under `state`'s config and policy; fills in `record`."""
     config = state.config
+    if (reason := not_mail(data)) is not None:
+        record.action = "not_mail"
+        return Scanned(verdict.Verdict("Skipped", note=f"not a mail message ({reason})"))
     if len(data) > config.scoring.max_bytes:
         record.action = "skipped"
         return Scanned(verdict.Verdict("Skipped"))

@@ -37,6 +37,7 @@ class Verdict:
     tag: float | None = None
     reject: float | None = None
     model: str = ""
+    note: str = ""               # why it was not scored, when that needs saying (ASCII)
 
     @property
     def flagged(self) -> bool:
@@ -97,7 +98,7 @@ def headers(verdict: Verdict, report: str | None = None) -> list[tuple[str, str]
     inserts. `report` (the reasons, policy.report) becomes X-Spam-Report."""
     fields = [("X-Spam-Flag", "YES" if verdict.flagged else "NO")]
     if verdict.score is None:
-        fields.append(("X-Spam-Status", verdict.status))
+        fields.append(("X-Spam-Status", f"{verdict.status}, {verdict.note}" if verdict.note else verdict.status))
     else:
         model = _UNSAFE.sub("_", verdict.model) or "unknown"
         score = format_score(verdict.score)

@@ -37,6 +37,10 @@ def test_maildir_mbox_and_eml_folders(tmp_path: Path) -> None:
     md = mailbox.Maildir(tmp_path / "Maildir", create=True)
     md.add(MSG % (b"m1", b"m1"))
     md.add(MSG % (b"m2", b"m2"))
+    # The mail server's files at a Maildir's top are not mail, and are not read at all:
+    # this one would pass for a message by a looser rule ("1 :name" looks like a field).
+    (tmp_path / "Maildir" / "dovecot-uidlist").write_bytes(b"3 V1700000000 N3\n1 :17.M1.h\n")
+    (tmp_path / "Maildir" / "maildirfolder").write_bytes(b"")
     mb = mailbox.mbox(tmp_path / "box.mbox")
     for i in range(3):
         mb.add(MSG % (b"x%d" % i, b"x"))
@@ -44,12 +48,14 @@ def test_maildir_mbox_and_eml_folders(tmp_path: Path) -> None:
     (tmp_path / "eml").mkdir()
     (tmp_path / "eml" / "one.eml").write_bytes(MSG % (b"e1", b"e1"))
     (tmp_path / "eml" / "junk.eml").write_bytes(b"\x00\x01 not a message")
+    (tmp_path / "eml" / "data.json").write_bytes(b'{"a": 1}\n')
     stats = ReadStats()
     assert len(list(iter_path(tmp_path / "Maildir", 1, stats))) == 2
+    assert stats.malformed == {}
     assert [s.label for s in iter_path(tmp_path / "box.mbox", 0, stats)] == [0, 0, 0]
     eml = list(iter_path(tmp_path / "eml", 0, stats))
     assert [Path(s.source).name for s in eml] == ["one.eml"]
-    assert sum(stats.malformed.values()) == 1
+    assert sum(stats.malformed.values()) == 2
 
 
 def test_extracted_folders_are_labelled_by_name(tmp_path: Path) -> None:
