@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.frontends import SPAMC, Spamc, require_spamc
-from tests.fixtures.learning import learn, points, points_everywhere, spamd_port
+from tests.fixtures.frontends import Spamc, require_spamc
+from tests.fixtures.learning import learn, points, points_everywhere, spamc_learn, spamd_port
 from tests.fixtures.postfix import corpus_messages
 from tests.fixtures.prereq import missing
 from tests.fixtures.smtp import REPO, wait_until
@@ -36,13 +36,6 @@ def serve(daemon_factory: Any, store: Path, workers: int = 2) -> tuple[Any, int]
     daemon = daemon_factory(workers=workers, spamd={"listen": "127.0.0.1:0", "allow_tell": True},
                             learning={"store": str(store)})
     return daemon, spamd_port(daemon)
-
-
-def spamc_learn(port: int, message: bytes, how: str) -> Spamc:
-    """`spamc -L how`, as Dovecot's IMAPSieve recipe runs it (spamc's own exit codes)."""
-    done = subprocess.run([SPAMC, "-d", "127.0.0.1", "-p", str(port), "-L", how], input=message,
-                          capture_output=True, timeout=60, check=False)
-    return Spamc(done.returncode, done.stdout + done.stderr)
 
 
 def test_spamc_tell_teaches_every_worker_within_a_second(daemon_factory: Any, tmp_path: Path,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from filterd.learning import Label, LearningError, online
-from filterd.learning.records import CorruptState, Record
+from filterd.learning.records import CorruptState, Record, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ class Learner:
         self.lessons: OrderedDict[tuple[str | None, str], Record] = OrderedDict()
         self.broken: str | None = None
         self._broken_at: Any = None    # the store's signature when it was refused
+        self.away: str | None = None   # why the store is unreachable (Redis down), if it is
+        self._resync = False           # an outage cut a poll short: read it all again
         self.attach(scorer)
 
     # --- the scorer the lessons move -----------------------------------------------------
@@ -50,9 +52,13 @@ class Learner:
         for record in self.lessons.values():
             self._move(record, 1)
 
+    def _applies(self, record: Record) -> bool:
+        """A step, made on this model, site-wide."""
+        return record.coef != 0.0 and record.model == self.scorer.version and record.user is None
+
     def _move(self, record: Record, sign: int) -> None:
-        """Add (1) or take back (-1) one lesson's step, if it was made on this model."""
-        if record.coef == 0.0 or record.model != self.scorer.version or record.user is not None:
+        """Add (1) or take back (-1) one lesson's step, if it applies here."""
+        if not self._applies(record):
             return
         prepared = self.scorer.prepare(self.store.get_message(record.key))
         self.delta.add(prepared.feat_ids, online.fixed(record.coef, prepared.feat_w), sign)
@@ -66,24 +72,51 @@ class Learner:
             if self.store.signature() == self._broken_at:
                 return
             self.store.rewind()
+        if self._resync:               # an outage cut a poll short: read it all again
+            self.store.rewind()
+        read = False
         try:
             records, reset = self.store.read_new()
+            read = True
             if reset:
-                self._start_over()
-            for record in records:
+                self._rebuild(records)
+            for record in [] if reset else records:
                 self._apply(record)
+        except Unavailable as exc:
+            if self.away is None:
+                log.warning("learning store unreachable, scanning on with what this process "
+                            "holds: %s", exc)
+            self.away, self._resync = str(exc), self._resync or read
+            return
         except (CorruptState, OSError) as exc:
             if self.broken is None:
                 log.error("learning store %s refused, scanning on the shipped weights: %s",
                           self.store.describe(), exc)
             self.broken, self._broken_at = str(exc), self.store.signature()
-            self._start_over()
+            self.lessons.clear()
+            self.delta.clear()
             return
-        self.broken = None
+        if self.away is not None:
+            log.info("learning store %s reachable again", self.store.describe())
+        self.broken = self.away = None
+        self._resync = False
 
-    def _start_over(self) -> None:
-        self.lessons.clear()
-        self.delta.clear()
+    def _rebuild(self, records: list[Record]) -> None:
+        """The store read from the start (compacted, replaced, after an outage): the live
+        lessons' delta computed aside and swapped in at once, so scans never see a
+        half-replayed one (integer sums: the same bits as the history gave)."""
+        lessons: OrderedDict[tuple[str | None, str], Record] = OrderedDict()
+        for record in records:
+            lessons.pop((record.user, record.key), None)
+            if record.op == "learn":
+                lessons[(record.user, record.key)] = record
+        sums = np.zeros(self.delta.table.shape, np.int64)
+        for record in lessons.values():
+            if self._applies(record):
+                prepared = self.scorer.prepare(self.store.get_message(record.key))
+                np.add.at(sums, prepared.feat_ids, online.fixed(record.coef, prepared.feat_w))
+        self.delta.replace(sums)
+        self.lessons = lessons
 
     def _apply(self, record: Record) -> None:
         lesson = (record.user, record.key)
@@ -137,8 +170,9 @@ class Learner:
         try:
             with self.store.locked():
                 self.poll()
-                if self.broken:
-                    raise LearningError(f"learning store refused: {self.broken}")
+                if self.broken or self.away:
+                    raise LearningError(f"learning store refused: {self.broken}" if self.broken
+                                        else f"learning store unreachable: {self.away}")
                 yield
         except OSError as exc:
             raise LearningError(f"learning store {self.store.describe()}: {exc}") from exc

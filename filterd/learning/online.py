@@ -77,6 +77,17 @@ class Delta:
         learned = np.clip(self.sums[ids] / ONE, -CLIP, CLIP)
         self.table[ids] = (self.shipped[ids] + learned).astype(np.float32)
 
+    def replace(self, sums: np.ndarray) -> None:
+        """Make `sums` the delta, writing only the buckets whose weight changes."""
+        if self.sums is None and not sums.any():
+            return
+        if self.sums is None:
+            self.shipped, self.sums = self.table.copy(), np.zeros(self.table.shape, np.int64)
+        assert self.shipped is not None
+        ids = np.flatnonzero(self.sums != sums)
+        self.table[ids] = (self.shipped[ids] + np.clip(sums[ids] / ONE, -CLIP, CLIP)).astype(np.float32)
+        self.sums = sums
+
     def clear(self) -> None:
         """Back to the shipped weights."""
         if self.shipped is not None:

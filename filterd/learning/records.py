@@ -23,6 +23,10 @@ class CorruptState(Exception):
     """The store holds something we did not write: refuse it, keep scanning."""
 
 
+class Unavailable(OSError):
+    """The store cannot be reached now (Redis down): a process keeps what it holds."""
+
+
 @dataclass(frozen=True)
 class Record:
     op: str                    # "learn" or "forget"
