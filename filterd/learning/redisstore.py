@@ -39,7 +39,7 @@ class RedisStore:
                               "(pip install 'filterd[redis]')") from exc
         self._errors = redis.RedisError
         self.url = url
-        self.client = redis.Redis.from_url(url, socket_timeout=SOCKET_S,
+        self.client: Any = redis.Redis.from_url(url, socket_timeout=SOCKET_S,
                                            socket_connect_timeout=SOCKET_S)
         self._generation: bytes | None = b"new"    # never equal to Redis's: the first read resets
         self._offset = 0
