@@ -199,9 +199,9 @@ def report(judged: verdict.Verdict, why: explain.Explanation | None, value: floa
            threshold: float = TAG_POINTS) -> str:
     """A SpamAssassin-like report: the verdict, then one line per feature (logit units)."""
     score = "-" if judged.score is None else verdict.format_score(judged.score)
+    # No empty line: Exim folds $spam_report into a header, where it would be a blank line.
     lines = [f"filterd: spam probability {score} ({_shown(value)} points, "
              f"{threshold:.1f} required), model {judged.model or 'unknown'}",
-             "",
              " contribution  feature (to the model's log-odds; positive means spam)",
              " ------------  --------------------------------------------------------"]
     if why is not None:
