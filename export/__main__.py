@@ -18,7 +18,8 @@ USAGE = f"""usage: python -m export {{{'|'.join(COMMANDS)}}} [options]
 The filterd training pipeline (needs the train extra: pip install 'filterd[train]').
 
   train         read a corpus, train, calibrate, export to ONNX and check it
-  evaluate      score a model on its test split (JSON metrics)
+  cv            cross-validate the recipe and its variants (the figures in docs/model.md)
+  evaluate      score a model on labelled mail or its test split (JSON metrics)
   retrain       one retraining cycle on your own mail (config `retrain:`)
   fetch-corpus  download the SpamAssassin public corpus, hash-checked
 
@@ -34,7 +35,15 @@ def main(argv: list[str]) -> int:
         return 2
     import importlib
 
-    module = importlib.import_module(COMMANDS[argv[0]])
+    from export import extra
+
+    try:
+        module = importlib.import_module(COMMANDS[argv[0]])
+    except ModuleNotFoundError as exc:
+        if not extra.is_extra(exc):
+            raise
+        print(f"python -m export {argv[0]}: {extra.HINT} (no module named {exc.name!r})", file=sys.stderr)
+        return 1
     return int(module.main(argv[1:]))
 
 

@@ -30,6 +30,10 @@ MAX_MESSAGE = 32 * 1024 * 1024      # larger files are skipped as malformed
 _SKIP = {"cmds", ".DS_Store"}       # the published tarballs carry a `cmds` file per folder
 
 
+class MailError(Exception):
+    """Mail named on the command line that is not there: one line for the user."""
+
+
 class Sample(NamedTuple):
     raw: bytes
     label: int          # 1 = spam, 0 = ham
@@ -68,6 +72,8 @@ def iter_corpus(path: str | Path, stats: ReadStats | None = None) -> Iterator[Sa
     """Labelled samples from tarballs, or a folder of tarballs / extracted folders."""
     stats = stats if stats is not None else ReadStats()
     path = Path(path)
+    if not path.exists():
+        raise MailError(f"{path}: no such file or folder")
     if path.is_file():
         yield from _iter_tarball(path, None, stats)
         return
@@ -123,7 +129,7 @@ def iter_path(path: str | Path, label: int, stats: ReadStats | None = None) -> I
             raw = file.read_bytes()[: MAX_MESSAGE + 1]
             yield from _emit(raw, label, str(file), str(path), stats)
     else:
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise MailError(f"{path}: no such file or folder")
 
 
 def _is_mbox(path: Path) -> bool:
@@ -145,15 +151,28 @@ def check_mail_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -
 
 def read_mail(args: argparse.Namespace, stats: ReadStats,
               corpus_part: Callable[[list[Sample]], list[Sample]] = list) -> list[Sample]:
-    """The samples those arguments name: `corpus_part` of the corpus, then --ham and --spam whole."""
+    """The samples those arguments name: `corpus_part` of the corpus, then --ham and --spam
+    whole. MailError when a path is missing or holds no mail message."""
     samples: list[Sample] = []
     if args.corpus is not None:
-        samples += corpus_part(list(iter_corpus(args.corpus, stats)))
-    for path in args.ham:
-        samples += iter_path(path, 0, stats)
-    for path in args.spam:
-        samples += iter_path(path, 1, stats)
+        corpus = _some(iter_corpus(args.corpus, stats), args.corpus,
+                       "no labelled mail (tarballs, or folders whose names say ham or spam)")
+        samples += corpus_part(corpus)
+    for label, paths in ((0, args.ham), (1, args.spam)):
+        for path in paths:
+            samples += _some(iter_path(path, label, stats), path,
+                             "no mail messages (of a Maildir, only cur/ and new/ are read)")
     return samples
+
+
+def _some(samples: Iterator[Sample], path: Path, why: str) -> list[Sample]:
+    got = list(samples)
+    if not got:
+        raise MailError(f"{path}: {why}")
+    return got
+
+
+READ_ERRORS = (MailError, OSError, tarfile.TarError)   # what reading the named mail may raise
 
 
 def split_of(raw: bytes, seed: int, val_frac: float, test_frac: float) -> str:

@@ -2,7 +2,9 @@
 
 With --corpus, only the model's own test split is scored by default (the split rule and
 seed are read from the artifact's split.json), so the figures are on mail it never saw in
-training; `--split all` scores everything. Paths given with --ham/--spam are scored whole.
+training; `--split all` scores everything. A model trained on all its mail (test_frac 0,
+as the shipped one) has no test split: evaluate says so and exits 1. Paths given with
+--ham/--spam are scored whole.
 The scores come from onnxruntime through filterd's Scorer, exactly as the daemon computes them.
 """
 
@@ -16,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from export import metrics
-from export.corpus import ReadStats, Sample, add_mail_arguments, check_mail_arguments, read_mail, split_of
+from export.corpus import (READ_ERRORS, ReadStats, Sample, add_mail_arguments, check_mail_arguments,
+                           read_mail, split_of)
 from filterd.errors import ModelError
 from filterd.pipeline.scorer import Scorer
 
@@ -59,6 +62,20 @@ def report(scorer: Scorer, samples: list[Sample]) -> dict[str, object]:
     return out
 
 
+def no_split(model: Path, split: str) -> str | None:
+    """Why --corpus cannot give a `split` of this model: one trained on all its mail
+    (test_frac 0, as the shipped one) has no test split, and one without val_frac no val."""
+    if split in ("all", "train"):
+        return None
+    rule = json.loads((model / "split.json").read_text(encoding="utf-8"))
+    if float(rule[f"{split}_frac"]) > 0:
+        return None
+    return (f"{model} was trained on all its mail ({split}_frac 0 in split.json), so it has no "
+            f"{split} split to score: give mail it never saw with --ham/--spam, or add --split all "
+            "to score the corpus it was trained on (flattering figures); its cross-validated "
+            "figures are in manifest.json")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
@@ -66,14 +83,17 @@ def main(argv: list[str]) -> int:
     except ModelError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 1
+    if args.corpus is not None and (why := no_split(args.model, args.split)):
+        print(f"evaluate: {why}", file=sys.stderr)
+        return 1
     stats = ReadStats()
-    samples = read_mail(args, stats, lambda corpus: select(corpus, args.model, args.split))
+    try:
+        samples = read_mail(args, stats, lambda corpus: select(corpus, args.model, args.split))
+    except READ_ERRORS as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 1
     if not samples:
-        hint = ""
-        if args.corpus is not None and args.split == "test":
-            hint = (" (a model trained on all mail, test_frac 0, has no test split: give "
-                    "--ham/--spam mail it never saw, or --split all)")
-        print(f"evaluate: no messages to score{hint}", file=sys.stderr)
+        print(f"evaluate: none of that mail is in the model's {args.split} split", file=sys.stderr)
         return 1
     figures = report(scorer, samples)
     figures["malformed_skipped"] = stats.malformed

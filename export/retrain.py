@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export import install, metrics
+from export import extra, install, metrics
 from export.corpus import ReadStats, Sample, iter_path, split_of
-from filterd.config import Config, load_config
+from filterd.config import Config, describe, load_config
 from filterd.errors import ConfigError, FilterdError, ModelError
 from filterd.learning.records import CorruptState
 from filterd.service.log import setup as log_setup
@@ -252,6 +252,9 @@ def cycle(config: Config, args: argparse.Namespace) -> dict:
         counts,
         stats.malformed or "none",
     )
+    if min(counts.values()) < MIN_PER_CLASS and not (config.retrain.ham or config.retrain.spam):
+        raise RetrainError(f"no folders configured: list your ham and spam folders under "
+                           f"retrain.ham and retrain.spam in {args.config}")
     if min(counts.values()) < MIN_PER_CLASS:
         raise RetrainError(
             f"too little labelled mail: need {MIN_PER_CLASS} of each kind in "
@@ -324,8 +327,11 @@ def main(argv: list[str]) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"retrain: {args.config}: {exc}", file=sys.stderr)
+        print(f"retrain: {describe(args.config, exc)}", file=sys.stderr)
         return 2
+    if (absent := extra.missing()) is not None:   # before any mail is read or copied
+        print(f"retrain: {extra.HINT} (no module named {absent!r})", file=sys.stderr)
+        return 1
     work_dir = Path(config.retrain.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -26,7 +26,8 @@ import torch
 
 from export import artifacts, metrics, recipe, summary
 from export.config import ModelConfig, TrainConfig, apply_overrides, split_overrides
-from export.corpus import ReadStats, Sample, add_mail_arguments, check_mail_arguments, read_mail, split_of
+from export.corpus import (READ_ERRORS, ReadStats, Sample, add_mail_arguments, check_mail_arguments,
+                           read_mail, split_of)
 from export.model import SpamNet
 from filterd.pipeline import text
 from filterd.pipeline.text import Analysis, Prepared
@@ -37,7 +38,8 @@ PARTS = ("whole", "rnn", "wide")
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m export train", description=__doc__)
     add_mail_arguments(p)
-    p.add_argument("--out", type=Path, required=True, help="artifact folder to write")
+    p.add_argument("--out", type=Path, required=True, help="artifact folder to write (a new one)")
+    p.add_argument("--force", action="store_true", help="write into --out even if it holds files")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig/ModelConfig field, e.g. --set epochs=2")
     p.add_argument("--dry-run", action="store_true", help="train one batch (smoke test)")
@@ -141,13 +143,22 @@ def run(args: argparse.Namespace) -> int:
     if configured is None:
         return 2
     cfg, mcfg = configured
+    if args.out.exists() and not args.force and (not args.out.is_dir() or any(args.out.iterdir())):
+        print(f"train: {args.out} already exists: pass --force to overwrite the model in it",
+              file=sys.stderr)
+        return 1
     # Same seed and data, same weights (bit for bit on CPU).
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.set_num_threads(cfg.threads)
     started = time.monotonic()
     stats = ReadStats()
-    samples = subsample(read_mail(args, stats), cfg.max_messages, cfg.split_seed)
+    try:
+        mail = read_mail(args, stats)
+    except READ_ERRORS as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 1
+    samples = subsample(mail, cfg.max_messages, cfg.split_seed)
     print(f"read {len(samples)} messages, malformed skipped: {stats.malformed or 'none'}",
           file=sys.stderr)
     parts: dict[str, list[Sample]] = {"train": [], "test": []}

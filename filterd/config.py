@@ -332,7 +332,8 @@ def load_config(path: str | Path) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc   # not the path again
+        raise ConfigError(f"{path}: cannot read: {why}") from None
     try:
         _no_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)

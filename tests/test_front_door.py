@@ -44,7 +44,7 @@ def test_config_option_has_help_and_shows_its_default(command: str) -> None:
 def test_export_help_exits_0_and_lists_the_commands() -> None:
     result = run(sys.executable, "-m", "export", "--help")
     assert result.returncode == 0, result.stderr
-    for command in ("train", "evaluate", "retrain", "fetch-corpus"):
+    for command in ("train", "cv", "evaluate", "retrain", "fetch-corpus"):
         assert f"\n  {command} " in result.stdout, command
     bare = run(sys.executable, "-m", "export")
     assert bare.returncode == 2 and bare.stderr.startswith("usage: python -m export")
