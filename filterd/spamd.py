@@ -129,7 +129,7 @@ def _may_tell(listener: Listener, request: Request) -> None:
     if request.set_local and request.message_class is None:
         raise bad_header("(Set: local needs a Message-class header)")
     if listener.teacher is None:
-        raise unavailable("no learning engine in this filterd")
+        raise unavailable("learning is off in this filterd (learning: null)")
 
 
 async def tell(listener: Listener, conn: Conn, request: Request, data: bytes) -> bytes:

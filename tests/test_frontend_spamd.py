@@ -18,6 +18,7 @@ from filterd.spamd import points
 from filterd.verdict import Policy
 from tests.fixtures.frontends import SPAMC, Spamc, exchange, frontend_port, require_spamc, spamc
 from tests.fixtures.postfix import corpus_messages
+from tests.fixtures.smtp import free_port
 
 pytestmark = [pytest.mark.slow]
 
@@ -103,8 +104,27 @@ def test_every_spamc_mode(served: tuple[Any, int], spam: bytes) -> None:
     assert spamc(port, b"", "-K") == Spamc(0, b"SPAMD/1.5 0\n"), "PING: spamc prints version and code"
     got = spamc(port, HAM, "-c", "-u", "alice")  # User: is accepted
     assert got.returncode == 0, got
-    down = spamc(port + 1 if port < 65535 else 1, HAM, "-c", "--connect-retries", "1")
-    assert down.returncode != 0, "spamc -x against nothing must fail"
+    got = spamc(port, HAM, "-H", "-c")        # -H: shuffle the resolved addresses (one here)
+    assert got.returncode == 0 and got.out.endswith(b"/5.0\n"), got
+    bsmtp = (b"HELO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
+             b"DATA\r\n" + HAM.replace(b"\r\n.", b"\r\n..") + b".\r\nQUIT\r\n")
+    got = spamc(port, bsmtp, "-B")             # BSMTP: spamc unwraps and rewraps the message
+    assert got.out.startswith(b"HELO client.example\r\n") and b"\r\nX-Spam-Flag: NO\r\n" in got.out, got
+    assert got.out.endswith(b".\r\nQUIT\r\n"), got
+
+
+def test_spamc_fails_open_while_filterd_is_down(spam: bytes) -> None:
+    """Nothing listening: spamc -x fails (exit 69, EX_UNAVAILABLE); without -x, as procmail's
+    `| spamc` runs it, the message comes back unchanged and -c says 0/0."""
+    require_spamc()
+    port = free_port()
+    args = [SPAMC, "-d", "127.0.0.1", "-p", str(port), "--connect-retries", "1"]
+    strict = subprocess.run([*args, "-x"], input=spam, capture_output=True, timeout=60, check=False)
+    assert strict.returncode == 69, strict
+    plain = subprocess.run(args, input=spam, capture_output=True, timeout=60, check=False)
+    assert plain.returncode == 0 and plain.stdout == spam, plain.stderr
+    check = subprocess.run([*args, "-c"], input=spam, capture_output=True, timeout=60, check=False)
+    assert check.stdout == b"0/0\n", check
 
 
 def test_spamc_passes_too_big_and_refused_messages_through(served: tuple[Any, int]) -> None:

@@ -27,9 +27,9 @@ MESSAGE = (b"From: Mallory <m@example.net>\r\nTo: b@example.com\r\nSubject: chea
 OFF = b"SPAMD/1.0 69 Service Unavailable: TELL commands are not enabled, set the --allow-tell switch.\r\n"
 
 
-def learn(port: int, how: str, *args: str) -> Spamc:
+def learn(port: int, how: str, *args: str, flag: str = "-L") -> Spamc:
     """spamc -L as Dovecot's IMAPSieve recipe runs it (no -x: spamc's own exit codes)."""
-    result = subprocess.run([SPAMC, "-d", "127.0.0.1", "-p", str(port), "-L", how, *args],
+    result = subprocess.run([SPAMC, "-d", "127.0.0.1", "-p", str(port), flag, how, *args],
                             input=MESSAGE, capture_output=True, timeout=60, check=False)
     return Spamc(result.returncode, result.stdout + result.stderr)
 
@@ -47,6 +47,19 @@ def test_spamc_learns_relearns_and_forgets(spamd_with: Callable[..., tuple[int, 
     assert learn(port, "forget") == Spamc(0, already)
     assert learn(port, "spam", "-u", "alice") == Spamc(0, learned)
     assert teacher.lessons == {("alice", key[1]): "spam"}
+
+
+def test_spamc_report_and_revoke_make_the_local_lesson(
+        spamd_with: Callable[..., tuple[int, DictTeacher]]) -> None:
+    """spamc -C report|revoke asks for local and remote: the local lesson is made, there is
+    no remote database, so spamc says it could not report (as spamd without Razor)."""
+    require_spamc()
+    port, teacher = spamd_with(allow_tell=True)
+    unable = b"Unable to report/revoke message\n"
+    assert learn(port, "report", flag="-C") == Spamc(0, unable)
+    assert list(teacher.lessons.values()) == ["spam"]
+    assert learn(port, "revoke", flag="-C") == Spamc(0, unable)
+    assert list(teacher.lessons.values()) == ["ham"]
 
 
 def test_tell_answers_byte_for_byte_as_spamd(spamd_with: Callable[..., tuple[int, DictTeacher]]) -> None:
@@ -120,6 +133,6 @@ def test_without_a_learning_engine_tell_is_unavailable(sink: Sink, scorer: Any, 
     try:
         port = int(server.daemon.frontends[0].address.rpartition(":")[2])
         answer = exchange(port, b"TELL SPAMC/1.5\r\nRemove: local\r\nContent-length: 1\r\n\r\nx")
-        assert answer == b"SPAMD/1.0 69 Service Unavailable: no learning engine in this filterd\r\n"
+        assert answer == b"SPAMD/1.0 69 Service Unavailable: learning is off in this filterd (learning: null)\r\n"
     finally:
         server.stop()
