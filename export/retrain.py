@@ -39,7 +39,9 @@ from filterd.config import Config, describe, load_config
 from filterd.errors import ConfigError, FilterdError, ModelError
 from filterd.learning.records import CorruptState
 from filterd.service.log import setup as log_setup
-from filterd.pipeline.scorer import Scorer
+from filterd.pipeline.artifact import read_manifest
+from filterd.pipeline.scorer import Scorer, Thresholds
+from filterd.verdict import policy_problem
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,20 @@ def figures(model_dir: Path, holdout: list[Sample]) -> Figures:
     threshold = metrics.threshold_at_fpr(scores[~labels], TAG_FPR)
     point = metrics.at_threshold(labels, scores, threshold)
     return Figures(metrics.roc_auc(labels, scores), point["spam_recall"], scorer.version)
+
+
+def unrunnable(candidate: Path, config: Config) -> str | None:
+    """Why a postmaster could not run this model with this config, or None: thresholds that
+    are not 0 < tag < reject <= 1 (equal ones come from too little ham: a reject_at of
+    manifest would then reject all it tags), or a policy they contradict."""
+    thresholds = read_manifest(candidate)["thresholds"]
+    tag, reject = float(thresholds["tag"]), float(thresholds["reject"])
+    if tag == reject:
+        return (f"candidate's tag and reject thresholds are the same ({tag:.6f}): too little "
+                "ham to tell 0.5 % from 0.1 % of it flagged (some 200 training ham at least)")
+    if not 0.0 < tag < reject <= 1.0:
+        return f"candidate's thresholds are not 0 < tag < reject <= 1: tag {tag}, reject {reject}"
+    return policy_problem(config.policy.tag_at, config.policy.reject_at, Thresholds(tag, reject))
 
 
 def decide(candidate: Figures, live: Figures | None, rule: Rule) -> tuple[bool, str]:
@@ -269,6 +285,8 @@ def cycle(config: Config, args: argparse.Namespace) -> dict:
             candidate = figures(candidate_path, held)
             live = live_figures(model_dir, held)
             ok, reason = decide(candidate, live, args.rule)
+            if ok and (unusable := unrunnable(candidate_path, config)):
+                ok, reason = False, unusable   # better, but no postmaster could run it
             record = {
                 "installed": ok,
                 "reason": reason,

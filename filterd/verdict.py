@@ -75,6 +75,22 @@ class Policy:
         return "tag" if verdict.flagged else "pass"
 
 
+def policy_problem(tag_at: float | str | None, reject_at: float | str | None,
+                   manifest: Any) -> str | None:
+    """Why policy.tag_at / reject_at cannot run with a model of these calibrated thresholds
+    (`manifest` has .tag and .reject): reject below tag once "manifest" is resolved.
+    config.py refuses two numbers in that order; this needs the model."""
+    policy = Policy.resolve(tag_at, reject_at, manifest)
+    if policy.tag is None or policy.reject is None or policy.reject >= policy.tag:
+        return None
+
+    def shown(value: float | str | None, resolved: float) -> str:
+        return f"manifest ({format_score(resolved)})" if value == "manifest" else str(value)
+
+    return (f"policy.reject_at: {shown(reject_at, policy.reject)} is below policy.tag_at "
+            f"({shown(tag_at, policy.tag)}) with this model")
+
+
 def _resolve(value: float | str | None, manifest: float) -> float | None:
     if value is None:
         return None

@@ -92,6 +92,29 @@ def test_corrupt_model_hash_is_refused(tmp_path: Path, model: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("policy", "said"), [
+    ({"tag_at": "manifest", "reject_at": 0.5}, "policy.reject_at: 0.5 is below policy.tag_at (manifest ({tag}))"),
+    ({"tag_at": 0.99, "reject_at": "manifest"}, "policy.reject_at: manifest ({reject}) is below policy.tag_at (0.99)"),
+])
+def test_reject_below_tag_once_manifest_is_resolved(tmp_path: Path, model: Path,
+                                                    policy: dict[str, Any], said: str) -> None:
+    """config.py can only compare two numbers; against the model, `manifest` is one too."""
+    from filterd.pipeline.artifact import read_manifest
+    from filterd.verdict import format_score
+
+    thresholds = read_manifest(model)["thresholds"]
+    assert thresholds["tag"] > 0.5 and thresholds["reject"] < 0.99   # what the cases rely on
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model": {"path": str(model), "device": "cpu"}, "policy": policy}))
+    result = check_config(path)
+    assert result.returncode == 2, result
+    expected = said.format(tag=format_score(thresholds["tag"]), reject=format_score(thresholds["reject"]))
+    assert result.stderr == f"filterd: {path}: {expected} with this model\n"
+    path.write_text(yaml.safe_dump({"model": {"path": str(model), "device": "cpu"},
+                                    "policy": {"tag_at": "manifest", "reject_at": "manifest"}}))
+    assert check_config(path).returncode == 0
+
+
 def test_shipped_config_is_valid_and_is_the_defaults(model: Path) -> None:
     # Only `workers` differs on purpose: the shipped config uses every core.
     assert load_config(REPO / "config.yaml") == Config(workers="auto")

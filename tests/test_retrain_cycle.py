@@ -39,6 +39,9 @@ from tests.fixtures.smtp import wait_until
 REPO = Path(__file__).resolve().parent.parent
 HOLDOUT = 0.25
 PER_CLASS = 160
+# Ham enough that 0.5 % and 0.1 % of the training ham differ (>= 200 of it): with less, the
+# tag and reject thresholds come out equal, and retrain keeps such a candidate out.
+PER_HAM = 300
 TINY = ["epochs=2", "max_tokens=64", "vocab_size=2000", "hidden=16", "embed=16", "threads=1"]
 
 
@@ -94,7 +97,7 @@ def last_run(state: Path) -> dict:
 def mail(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Correct Maildirs, and poisoned ones: training messages swapped, holdout kept right."""
     root = tmp_path_factory.mktemp("mail")
-    ham = first_messages(corpus_dir / "20030228_easy_ham.tar.bz2", PER_CLASS)
+    ham = first_messages(corpus_dir / "20030228_easy_ham.tar.bz2", PER_HAM)
     spam = first_messages(corpus_dir / "20030228_spam.tar.bz2", PER_CLASS)
 
     def held(raw: bytes) -> bool:
@@ -187,6 +190,30 @@ def test_mislabelled_candidate_is_refused(state: Path, mail: dict[str, Path], hu
     assert hup_listener[1].read_text() == "HUP\n"  # no second reload
     assert not list(install.versions_dir(model).glob(".candidate-*"))
     assert "kept out" in result.stderr
+
+
+@pytest.mark.corpus
+@pytest.mark.torch
+@pytest.mark.slow
+def test_candidate_with_equal_thresholds_is_kept_out(state: Path, mail: dict[str, Path],
+                                                     tmp_path: Path, hup_listener) -> None:
+    """Too little training ham (under 200) calibrates tag and reject to the same value: a
+    model whose reject_at: manifest would reject all it tags is never installed."""
+    raws = [p.read_bytes() for p in sorted((mail["ham"] / "cur").iterdir())]
+    held = [r for r in raws if holdout_of(r, HOLDOUT)]
+    little = maildir(tmp_path / "little_ham", held + [r for r in raws if not holdout_of(r, HOLDOUT)][:100])
+    model = state / "model"
+    live_before = model.resolve()
+    config = write_config(state / "little.yaml", little, mail["spam"], state)
+    result = retrain(config, "--reload-command", f"kill -HUP {hup_listener[0]}")
+    assert result.returncode == 0, result.stderr
+    record = last_run(state)
+    assert record["installed"] is False
+    assert record["reason"].startswith("candidate's tag and reject thresholds are the same"), record
+    assert model.resolve() == live_before
+    assert hup_listener[1].read_text() == "HUP\n"  # no reload
+    assert not list(install.versions_dir(model).glob(".candidate-*"))
+    assert "kept out: candidate's tag and reject thresholds are the same" in result.stderr
 
 
 @pytest.mark.corpus
