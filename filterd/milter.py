@@ -4,8 +4,8 @@ kilter.protocol does the wire format and checks the conversation (which reply ma
 which event); this module reads packets, collects one message, and at end of message
 asks scan() for the verdict, then answers:
 
-    ham / tag  rename incoming X-Spam-* headers to X-Spam-Untrusted-* (delete + insert at
-               the same place, SMFIR_CHGHEADER / SMFIR_INSHEADER), insert ours at the top
+    ham / tag  rename incoming X-Spam-* headers to X-Spam-Untrusted-* in place, insert ours
+               at the top (milter_edits.py: how, without the MTA's hidden headers in the way)
     reject     SMFIR_REPLYCODE 550 5.7.1 (the MTA answers its client at end of DATA)
     trouble    SMFIR_REPLYCODE 451 4.3.0 (scoring failed, on_error: tempfail)
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +36,7 @@ from kilter.protocol.exceptions import UnexpectedMessage, UnknownMessage
 
 from filterd import verdict
 from filterd.pipeline import explain
+from filterd.milter_edits import edits
 from filterd.scan import Record, State, scan
 from filterd.service.listeners import Conn, Listener
 from filterd.smtp import replies
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 MAX_PACKET = (1 << 20) + 1024      # MTAs send body chunks of 64 KiB (at most 1 MiB with MDS_1M)
 _LENGTH = struct.Struct("!L")
-_FORGED = re.compile(r"X-Spam-(?!Untrusted-)", re.IGNORECASE)
 _WANT_ACTIONS = m.ActionFlags.ADD_HEADERS | m.ActionFlags.CHANGE_HEADERS
 # Events we do not need (HELO, unknown commands, DATA), and header values with their
 # leading space, so the message we rebuild reads as it arrived.
@@ -238,54 +237,13 @@ class Session:
             return [_reply(replies.S550_SPAM_REJECTED)]
         record.log("continue")
         report = explain.summary(why) if why is not None else None
-        changes = edits(msg.headers, judged, report, self.leading_space)
-        return [*changes, *self._subject(msg, judged, state.config.policy.subject_prefix), m.Continue()]
-
-    def _subject(self, msg: Message, judged: verdict.Verdict, prefix: str | None) -> list[Any]:
-        """policy.subject_prefix on flagged mail, as the proxy does (verdict.tag)."""
-        if not prefix or not judged.flagged:
-            return []
-        for name, value in msg.headers:
-            if name.lower() == "subject":
-                text = value.lstrip(b" ")
-                if text.startswith(prefix.encode()):
-                    return []
-                space = b" " if self.leading_space else b""
-                return [m.ChangeHeader(1, name, space + prefix.encode() + text)]
-        return [m.AddHeader("Subject", (b" " if self.leading_space else b"") + prefix.rstrip().encode())]
+        changes = edits(msg.headers, judged, report, self.leading_space, state.config.policy.subject_prefix)
+        return [*changes, m.Continue()]
 
 
 def _reply(reply: replies.Reply) -> m.ReplyCode:
     """SMFIR_REPLYCODE: "550 5.7.1 text", NUL-terminated; '%' is libmilter's escape."""
     return m.ReplyCode(str(reply).replace("%", "%%").encode("ascii") + b"\0")
-
-
-def edits(headers: list[tuple[str, bytes]], judged: verdict.Verdict, report: str | None,
-          leading_space: bool) -> list[Any]:
-    """Rename forged X-Spam-* headers in place, then insert ours at the top.
-
-    Renames go last occurrence first: SMFIR_CHGHEADER counts occurrences of one name
-    (1-based), and deleting one renumbers the later ones; deleting then inserting at the
-    same position (SMFIR_INSHEADER, 0-based over all headers) keeps the others in place.
-    """
-    out: list[Any] = []
-    seen: dict[str, int] = {}
-    forged = []
-    for position, (name, value) in enumerate(headers):
-        key = name.lower()
-        seen[key] = seen.get(key, 0) + 1
-        if _FORGED.match(name):
-            forged.append((position, seen[key], name, value))
-    for position, occurrence, name, value in reversed(forged):
-        renamed = "X-Spam-Untrusted-" + name[len("X-Spam-"):]
-        out.append(m.ChangeHeader(occurrence, name, b""))
-        out.append(m.InsertHeader(position, renamed, value if leading_space else value.lstrip(b" ")))
-    space = b" " if leading_space else b""
-    for index, (name, text) in enumerate(verdict.headers(judged, report)):
-        # Folded lines (X-Spam-Report) end in a bare LF inside a milter header value, as
-        # libmilter's smfi_insheader wants; the MTA writes its own line ends.
-        out.append(m.InsertHeader(index, name, space + text.replace("\r\n", "\n").encode("ascii")))
-    return out
 
 
 async def serve(listener: Listener, conn: Conn) -> None:

@@ -48,16 +48,55 @@ def test_tags_at_the_top_and_renames_forged_headers(path: MailPath, spam: list[b
     assert "frontend=milter" in log and "queue_id=" in log and "client=127.0.0.1" in log
 
 
+# A forged verdict among ordinary headers: above and below the Subject, and folded.
+FORGED_INSIDE = (b"From: Alice <alice@example.org>\r\nTo: rcpt@example.com\r\n"
+                 b"Subject: minutes of the meeting\r\nX-Spam-Flag: NO\r\n"
+                 b"Date: Tue, 1 Oct 2002 10:00:00 +0100\r\nMessage-ID: <forged-inside@example.org>\r\n"
+                 b"X-Spam-Status: No, score=-5.0\r\n\tfolded onto a second line\r\n"
+                 b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n"
+                 b"The minutes are attached below. See you next week.\r\n")
+
+
+@pytest.mark.parametrize("prefix", [None, "[SPAM] "])
+def test_renamed_headers_stay_where_the_forged_ones_were(path: MailPath, tmp_path: Path,
+                                                         prefix: str | None) -> None:
+    """Below Postfix's own Received: line, which milters are never shown: renamed in place,
+    every other header in its order, and the Subject prefixed where it is."""
+    assert path.filterd is not None
+    path.sink.clear()
+    if prefix:
+        path.filterd.restart(policy={"tag_at": 0.0, "subject_prefix": prefix})
+    try:
+        result = swaks(path.postfix.smtp_port, FORGED_INSIDE, tmp_path, to="inside@example.com")
+        assert result.data_reply().startswith("250"), result.transcript
+        got = path.sink.wait_for(1)[0]
+    finally:
+        if prefix:
+            path.filterd.restart(policy={"tag_at": "manifest", "subject_prefix": None})
+    head, body = got.split()
+    lines = unfold(head)
+    names = [line.split(b":")[0] for line in lines]
+    assert names == [b"X-Spam-Flag", b"X-Spam-Score", b"X-Spam-Status", b"Received", b"From", b"To",
+                     b"Subject", b"X-Spam-Untrusted-Flag", b"Date", b"Message-ID",
+                     b"X-Spam-Untrusted-Status", b"MIME-Version", b"Content-Type"], head.decode()
+    assert lines[3].startswith(b"Received: from client.test.invalid")     # Postfix's own
+    subject = (prefix or "").encode() + b"minutes of the meeting"
+    assert lines[6:8] == [b"Subject: " + subject, b"X-Spam-Untrusted-Flag: NO"]
+    assert lines[10] == b"X-Spam-Untrusted-Status: No, score=-5.0 folded onto a second line"
+    assert b"X-Spam-Untrusted-Status: No, score=-5.0\r\n\tfolded onto a second line\r\n" in head + b"\r\n"
+    assert body == FORGED_INSIDE.partition(b"\r\n\r\n")[2]
+
+
 def test_reject_at_data_and_tempfail_while_filterd_is_down(path: MailPath, ham: list[bytes],
                                                            spam: list[bytes], tmp_path: Path) -> None:
     assert path.filterd is not None
     path.sink.clear()
-    path.filterd.restart(policy={"reject_at": 0.0})
+    path.filterd.restart(policy={"tag_at": 0.0, "reject_at": 0.0})
     try:
         result = swaks(path.postfix.smtp_port, spam[1], tmp_path, to="reject@example.com")
         assert result.data_reply().startswith("550 5.7.1"), result.transcript
     finally:
-        path.filterd.restart(policy={"reject_at": None})
+        path.filterd.restart(policy={"tag_at": "manifest", "reject_at": None})
     path.filterd.stop()
     down = swaks(path.postfix.smtp_port, ham[0], tmp_path, to="later@example.com")
     assert down.data_reply().startswith("451"), down.transcript   # milter_default_action = tempfail

@@ -41,7 +41,7 @@ def test_reject_reaches_the_sending_client_as_5xx(before: MailPath, spam: list[b
                                                   tmp_path: Path) -> None:
     assert before.filterd is not None
     before.sink.clear()
-    before.filterd.restart(policy={"reject_at": 0.0})  # every score reaches 0.0
+    before.filterd.restart(policy={"tag_at": 0.0, "reject_at": 0.0})  # every score reaches 0.0
     try:
         result = swaks(before.postfix.smtp_port, spam[1], tmp_path, to="reject@example.com")
         reply = result.data_reply()
@@ -52,7 +52,7 @@ def test_reject_reaches_the_sending_client_as_5xx(before: MailPath, spam: list[b
         assert before.sink.messages == []
         assert before.filterd.alive()
     finally:
-        before.filterd.restart(policy={"reject_at": None})
+        before.filterd.restart(policy={"tag_at": "manifest", "reject_at": None})
 
 
 def test_filterd_down_the_client_is_told_to_retry(before: MailPath, ham: list[bytes],
