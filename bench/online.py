@@ -172,7 +172,7 @@ def main() -> None:
     args = parser.parse_args()
     older, newer = read(OLDER), read(NEWER)
     print(f"older: {len(older)} messages, stream: {len(newer)} "
-          f"({sum(l for _, l in newer)} spam)", flush=True)
+          f"({sum(label for _, label in newer)} spam)", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-online-") as tmp:
         work = Path(tmp)
         artifact = build(harness.REPO / "model_artifacts", work / "model", older)
@@ -180,7 +180,7 @@ def main() -> None:
         latencies: list[float] = []
         for seed in range(args.shuffles):
             order = stream(newer, seed)
-            labels = [l for _, l in order]
+            labels = [label for _, label in order]
             for mode in ("static", "every", "mistakes"):
                 scores, lat = run_filterd(artifact, order, mode, work)
                 results[f"filterd, {mode}"].append(figures(labels, scores))
