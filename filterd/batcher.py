@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -45,7 +47,9 @@ class Batcher:
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.executor = executor
-        self._pending: list[tuple[bytes, asyncio.Future[float]]] = []
+        self._pending: list[tuple[bytes, asyncio.Future[float], str | None]] = []
+        # learning.per_user: a user's own term of the logit (learning/teacher.py), or None
+        self.adjust: Callable[[str | None, Any], float] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._running = False   # one batch in the executor at a time; the next one grows meanwhile
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -59,15 +63,16 @@ class Batcher:
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, []
-        for _, fut in pending:
+        for _, fut, _user in pending:
             if not fut.done():
                 fut.set_exception(RuntimeError("scoring stopped"))
 
-    async def score(self, raw: bytes) -> float:
+    async def score(self, raw: bytes, user: str | None = None) -> float:
+        """`user`: whose scan this is (spamd `User:`), for their own lessons (per_user)."""
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         fut: asyncio.Future[float] = loop.create_future()
-        self._pending.append((raw, fut))
+        self._pending.append((raw, fut, user))
         if not self._running:
             if len(self._pending) >= self.max_batch or self.max_wait == 0:
                 self._flush()
@@ -80,28 +85,33 @@ class Batcher:
             self._timer.cancel()
             self._timer = None
         # Messages whose session gave up (timeout, disconnect) are not scored.
-        self._pending = [(raw, fut) for raw, fut in self._pending if not fut.done()]
+        self._pending = [item for item in self._pending if not item[1].done()]
         if not self._pending or self._running:
             return
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
         assert self._loop is not None
-        raws, futures = [raw for raw, _ in batch], [fut for _, fut in batch]
+        raws, futures = [raw for raw, _, _ in batch], [fut for _, fut, _ in batch]
+        users = [user for _, _, user in batch]
         if self.on_loop:
             try:
-                results = self._run(raws)
+                results = self._run(raws, users)
             except Exception as exc:  # noqa: BLE001 - the batch's callers get the error
                 self._finish(futures, [], exc)
             else:
                 self._finish(futures, results, None)
             return
         self._running = True
-        job = self._loop.run_in_executor(self.executor, self._run, raws)
+        job = self._loop.run_in_executor(self.executor, self._run, raws, users)
         job.add_done_callback(lambda done: self._done(done, futures))
 
-    def _run(self, raws: list[bytes]) -> list[float]:
+    def _run(self, raws: list[bytes], users: list[str | None]) -> list[float]:
         # On the loop, or in a worker thread (onnxruntime releases the GIL while it computes).
         prepared = [self.scorer.prepare(raw) for raw in raws]
-        return list(self.scorer.infer(prepared))
+        if self.adjust is None or not any(users):
+            return list(self.scorer.infer(prepared))
+        logits = self.scorer.infer_logits(prepared)[:, 0]      # and each user's own term
+        logits += [self.adjust(user, p) for user, p in zip(users, prepared)]
+        return [1.0 / (1.0 + math.exp(-min(max(x, -80.0), 80.0))) for x in logits.tolist()]
 
     def _done(self, job: asyncio.Future[list[float]], futures: list[asyncio.Future[float]]) -> None:
         self._running = False

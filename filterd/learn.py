@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if config.learning is None:
         print(f"filterd learn: {args.config}: learning: null turns learning off", file=sys.stderr)
         return 2
-    learner = Learner(open_store(config.learning.store), scorer,
-                      per_user=config.learning.per_user, max_lessons=config.learning.max_lessons)
+    learner = Learner(open_store(config.learning.store), scorer, per_user=config.learning.per_user,
+                      max_lessons=config.learning.max_lessons, max_users=config.learning.max_users)
     errors: list[str] = []
     changed = same = 0
     bar = tqdm(total=_count(args.paths), unit="file", disable=None, file=sys.stderr,

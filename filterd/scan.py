@@ -53,11 +53,12 @@ class Record:
     """The facts of one message for its single INFO log line and the metrics."""
 
     __slots__ = ("action", "client", "frontend", "id", "mail_from", "queue_id", "rcpts",
-                 "relay_s", "score", "scoring_s", "size")
+                 "relay_s", "score", "scoring_s", "size", "user")
 
     def __init__(self, frontend: str, id: str, client: str, mail_from: str | None = None,
-                 rcpts: int = 0, size: int = 0) -> None:
+                 rcpts: int = 0, size: int = 0, user: str | None = None) -> None:
         self.frontend, self.id, self.client = frontend, id, client
+        self.user = user    # whose mail this is, where the front-end knows (spamd User:)
         self.mail_from, self.rcpts, self.size = mail_from, rcpts, size
         self.queue_id = ""
         self.score: float | None = None
@@ -97,7 +98,7 @@ async def scan(state: State, data: bytes, record: Record, *, explain: bool = Fal
     start = time.perf_counter()
     try:
         async with asyncio.timeout(config.timeouts.scoring):   # no task per message, unlike wait_for
-            score, why = await _score(state.batcher, data, explain)
+            score, why = await _score(state.batcher, data, explain, record.user)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -116,11 +117,12 @@ async def scan(state: State, data: bytes, record: Record, *, explain: bool = Fal
     return Scanned(judged, why)
 
 
-async def _score(batcher: Any, data: bytes,
-                 explain: bool) -> tuple[float, explaining.Explanation | None]:
-    """The score through the batcher; the reasons, when asked, in the same executor
-    (they need the text pipeline and one more inference: never on the loop)."""
-    score = await batcher.score(data)
+async def _score(batcher: Any, data: bytes, explain: bool,
+                 user: str | None = None) -> tuple[float, explaining.Explanation | None]:
+    """The score through the batcher (with the user's own lessons, learning.per_user); the
+    reasons, when asked, in the same executor (they need the text pipeline and one more
+    inference: never on the loop)."""
+    score = await batcher.score(data, user) if user is not None else await batcher.score(data)
     if not explain:
         return score, None
     from filterd.pipeline import explain as explaining

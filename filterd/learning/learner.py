@@ -24,6 +24,7 @@ import numpy as np
 
 from filterd.learning import Label, LearningError, online
 from filterd.learning.records import CorruptState, Record, Unavailable
+from filterd.learning.users import Users
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,10 @@ COMPACT_SLACK = 1000    # records beyond twice the live lessons before the journ
 
 class Learner:
     def __init__(self, store: Any, scorer: Any, *, per_user: bool = False,
-                 max_lessons: int = 20000) -> None:
+                 max_lessons: int = 20000, max_users: int = 1000) -> None:
         self.store, self.per_user, self.max_lessons = store, per_user, max_lessons
         self.lessons: OrderedDict[tuple[str | None, str], Record] = OrderedDict()
+        self.users = Users(max_users)   # per-user deltas (learning/users.py)
         self.broken: str | None = None
         self._broken_at: Any = None    # the store's signature when it was refused
         self.away: str | None = None   # why the store is unreachable (Redis down), if it is
@@ -49,19 +51,36 @@ class Learner:
         self.delta = online.Delta(scorer.wide_weights)
         combination = scorer.manifest.get("model", {}).get("combination", {})
         self.scale = float(combination.get("a_wide", 1.0))
+        self.users.held.clear()              # built again, on this model, when needed
+        self.users.published.clear()
         for record in self.lessons.values():
             self._move(record, 1)
 
     def _applies(self, record: Record) -> bool:
-        """A step, made on this model, site-wide."""
-        return record.coef != 0.0 and record.model == self.scorer.version and record.user is None
+        """A step made on this model (site-wide, or a user's whose delta is held)."""
+        return record.coef != 0.0 and record.model == self.scorer.version and (
+            record.user is None or self.users.holds(record.user))
+
+    def _step(self, record: Record) -> tuple[np.ndarray, np.ndarray]:
+        """(buckets, integer amounts) of one lesson's step."""
+        prepared = self.scorer.prepare(self.store.get_message(record.key))
+        return prepared.feat_ids, online.fixed(record.coef, prepared.feat_w)
 
     def _move(self, record: Record, sign: int) -> None:
         """Add (1) or take back (-1) one lesson's step, if it applies here."""
         if not self._applies(record):
             return
-        prepared = self.scorer.prepare(self.store.get_message(record.key))
-        self.delta.add(prepared.feat_ids, online.fixed(record.coef, prepared.feat_w), sign)
+        ids, amounts = self._step(record)
+        if record.user is None:
+            self.delta.add(ids, amounts, sign)
+        else:
+            self.users.move(record.user, ids, amounts, sign)
+
+    def _build_user(self, user: str) -> None:
+        """Hold `user`'s delta (the learning thread, when a scan or a lesson needs it)."""
+        mine = [self.lessons[(user, key)] for key in self.users.keys.get(user, ())]
+        self.users.build(user, (self._step(r) for r in mine
+                                if r.coef != 0.0 and r.model == self.scorer.version))
 
     # --- following the store -------------------------------------------------------------
 
@@ -95,11 +114,14 @@ class Learner:
             self.broken, self._broken_at = str(exc), self.store.signature()
             self.lessons.clear()
             self.delta.clear()
+            self.users.clear()
             return
         if self.away is not None:
             log.info("learning store %s reachable again", self.store.describe())
         self.broken = self.away = None
         self._resync = False
+        for user in self.users.take_wanted():
+            self._build_user(user)
 
     def _rebuild(self, records: list[Record]) -> None:
         """The store read from the start (compacted, replaced, after an outage): the live
@@ -112,17 +134,22 @@ class Learner:
                 lessons[(record.user, record.key)] = record
         sums = np.zeros(self.delta.table.shape, np.int64)
         for record in lessons.values():
-            if self._applies(record):
-                prepared = self.scorer.prepare(self.store.get_message(record.key))
-                np.add.at(sums, prepared.feat_ids, online.fixed(record.coef, prepared.feat_w))
+            if record.user is None and self._applies(record):
+                np.add.at(sums, *self._step(record))
         self.delta.replace(sums)
         self.lessons = lessons
+        self.users.clear()                   # users' deltas: built again when needed
+        for user, key in lessons:
+            if user is not None:
+                self.users.note(user, key, True)
 
     def _apply(self, record: Record) -> None:
         lesson = (record.user, record.key)
         old = self.lessons.pop(lesson, None)
         if old is not None:
             self._move(old, -1)
+        if record.user is not None:
+            self.users.note(record.user, record.key, record.op == "learn")
         if record.op == "learn":
             self.lessons[lesson] = record
             self._move(record, 1)
@@ -182,8 +209,12 @@ class Learner:
         stored = self.store.get_message(key) if self.store.has_message(key) else raw
         prepared = self.scorer.prepare(stored)
         logit = float(self.scorer.infer_logits([prepared])[0, 0])
+        if user is not None:              # the user's own weights on top of the site's
+            if not self.users.holds(user):
+                self._build_user(user)
+            logit += self.users.adjustment(user, prepared.feat_ids, prepared.feat_w)
         sqnorm = float(np.dot(prepared.feat_w, prepared.feat_w))
-        coef = online.step(logit, sqnorm, label, self.scale) if user is None else 0.0
+        coef = online.step(logit, sqnorm, label, self.scale)
         return Record("learn", key, user, label, coef, str(self.scorer.version))
 
     def _oldest(self, count: int) -> list[tuple[str | None, str]]:

@@ -49,8 +49,8 @@ class Learning:
 
     async def start(self, scorer: Any) -> None:
         def build() -> Learner:
-            learner = Learner(open_store(self.config.store), scorer,
-                              per_user=self.config.per_user, max_lessons=self.config.max_lessons)
+            learner = Learner(open_store(self.config.store), scorer, per_user=self.config.per_user,
+                              max_lessons=self.config.max_lessons, max_users=self.config.max_users)
             learner.poll()
             return learner
 
@@ -78,6 +78,13 @@ class Learning:
         assert self.learner is not None
         async with self._slots:
             return bool(await self._run(self.learner.forget, bytes(raw), user))
+
+    def adjustment(self, user: str | None, prepared: Any) -> float:
+        """A user's own term of the logit of one prepared message (on the event loop: a
+        lookup of the message's n-grams in the user's published delta, if one is held)."""
+        if self.learner is None or user is None:
+            return 0.0
+        return self.learner.users.adjustment(user, prepared.feat_ids, prepared.feat_w)
 
     async def _poll(self) -> None:
         assert self.learner is not None

@@ -5,7 +5,7 @@ One process (`workers: 1`) runs Daemon.amain() directly. With more workers, a su
 endpoint, and runs this same Daemon in each worker process on the socket it inherits
 (service/worker.py). `filterd serve` chooses which in cli.py; this module imports neither.
 
-Parts are built in dependency order (executor, batcher, learning, relay, handler, listener) and
+Parts are built in dependency order (executor, learning, batcher, relay, handler, listener) and
 stopped in reverse, so the listener stops accepting and sessions drain while the relay and
 the model are still there to finish their transactions.
 """
@@ -120,13 +120,13 @@ class Daemon:
         async with AsyncExitStack() as stack:
             self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="filterd-score")
             stack.callback(self.executor.shutdown, wait=False, cancel_futures=True)
-            self.batcher = await self._start_batcher(self.config, scorer)
-            stack.push_async_callback(lambda: self.batcher.stop())
             if self.config.learning is not None:   # null: no learning, TELL unavailable
                 self.learning = Learning(self.config.learning)
                 await self.learning.start(scorer)
                 stack.push_async_callback(self.learning.stop)
                 self.teacher = self.teacher or self.learning    # what spamd TELL teaches
+            self.batcher = await self._start_batcher(self.config, scorer)
+            stack.push_async_callback(lambda: self.batcher.stop())
             relay = self.relay = Relay(self.config)   # connects on demand
             await relay.start()   # the pool's idle reaper; stop() QUITs the pooled connections
             stack.push_async_callback(relay.stop)
@@ -150,6 +150,8 @@ class Daemon:
     async def _start_batcher(self, config: Config, scorer: Any) -> Any:
         batcher = Batcher(scorer, config.scoring.max_batch, config.scoring.max_wait_ms,
                           self.executor, on_loop=runs_on_loop(config.scoring.run_on, scorer))
+        if self.learning is not None and self.learning.config.per_user:
+            batcher.adjust = self.learning.adjustment    # a user's lessons on their scans
         await batcher.start()
         return batcher
 
