@@ -5,8 +5,8 @@ The wire format (reading requests, framing answers per SPAMC/1.x version, spamd'
 codes and texts) is spamd_protocol.py; this module answers a request. One request per
 connection. CHECK, SYMBOLS, REPORT, REPORT_IFSPAM, PROCESS and HEADERS scan the message;
 PING answers PONG; SKIP answers nothing; TELL teaches the learning engine when
-`spamd.allow_tell` is on (tell() below). `User:` is passed to the learning engine and
-logged; there are no per-user settings for a scan (spamd would switch to the user's
+`spamd.allow_tell` is on (tell() below). `User:` goes with a TELL to the learning engine
+and into its log line; a scan is the same for every user (spamd would switch to the user's
 preferences). A scan that fails answers `75` (EX_TEMPFAIL, which spamd never sends):
 spamc without `-x` then passes the message through unchanged, Exim defers.
 
