@@ -5,8 +5,9 @@ The wire format (reading requests, framing answers per SPAMC/1.x version, spamd'
 codes and texts) is spamd_protocol.py; this module answers a request. One request per
 connection. CHECK, SYMBOLS, REPORT, REPORT_IFSPAM, PROCESS and HEADERS scan the message;
 PING answers PONG; SKIP answers nothing; TELL teaches the learning engine when
-`spamd.allow_tell` is on (tell() below). `User:` goes with a TELL to the learning engine
-and into its log line; a scan is the same for every user (spamd would switch to the user's
+`spamd.allow_tell` is on (tell() below). `User:` names whose mail it is: a TELL's lesson
+is that user's and a scan gets that user's lessons when `learning.per_user` is on
+(docs/learning.md); there are no other per-user settings (spamd would switch to the user's
 preferences). A scan that fails answers `75` (EX_TEMPFAIL, which spamd never sends):
 spamc without `-x` then passes the message through unchanged, Exim defers.
 
@@ -157,7 +158,7 @@ async def tell(listener: Listener, conn: Conn, request: Request, data: bytes) ->
 async def _answer(state: State, conn: Conn, request: Request, data: bytes) -> bytes:
     """The whole response to one scanned message."""
     verb = request.verb
-    record = Record("spamd", conn.id, conn.peer, size=len(data))
+    record = Record("spamd", conn.id, conn.peer, size=len(data), user=request.user)
     want_reasons = verb in ("SYMBOLS", "REPORT", "REPORT_IFSPAM") or state.config.policy.report
     scanned = await scan(state, data, record, explain=want_reasons)
     judged = scanned.verdict

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.frontends import SPAMC, DictTeacher, Spamc, exchange, require_spamc
-from tests.fixtures.smtp import InProcessFilterd, Sink, write_config
+from tests.fixtures.frontends import SPAMC, DictTeacher, Spamc, exchange, frontend_port, require_spamc
+from tests.fixtures.smtp import InProcessFilterd, Sink, wait_until, write_config
+from tests.test_frontend_spamd import HAM
 
 pytestmark = [pytest.mark.slow]
 
@@ -136,3 +137,25 @@ def test_without_a_learning_engine_tell_is_unavailable(sink: Sink, scorer: Any, 
         assert answer == b"SPAMD/1.0 69 Service Unavailable: learning is off in this filterd (learning: null)\r\n"
     finally:
         server.stop()
+
+
+def test_a_users_lessons_reach_that_users_scans(daemon_factory: Any, tmp_path: Path) -> None:
+    """learning.per_user with the real learning engine: `spamc -u alice -L spam` moves the
+    score of alice's scans (spamd `User:`), and not bob's."""
+    require_spamc()
+    daemon = daemon_factory(spamd={"listen": "127.0.0.1:0", "allow_tell": True},
+                            learning={"store": str(tmp_path / "store"), "per_user": True})
+    port = frontend_port(daemon, "spamd")
+
+    def points(user: str) -> float:
+        got = subprocess.run([SPAMC, "-d", "127.0.0.1", "-p", str(port), "-x", "-c", "-u", user],
+                             input=HAM, capture_output=True, timeout=60, check=False)
+        return float(got.stdout.split(b"/")[0])
+
+    before = points("alice")
+    assert points("bob") == before
+    taught = subprocess.run([SPAMC, "-d", "127.0.0.1", "-p", str(port), "-L", "spam", "-u", "alice"],
+                            input=HAM, capture_output=True, timeout=60, check=False)
+    assert taught.stdout == b"Message successfully un/learned\n", taught
+    wait_until(lambda: points("alice") > before + 1.0, 10, "alice's lesson in alice's scans")
+    assert points("bob") == before
