@@ -192,6 +192,7 @@ def test_split_hostport_rejects_or_parses(text: str) -> None:
     ("milter", {"port": 1}, "milter.port: unknown key"),
     ("spamd", {"listen": "unix:/x"}, "spamd.listen: 'unix:/x' is not host:port"),
     ("spamd", "yes", "spamd: expected a mapping"),
+    ("spamd", {"allow_tell": "yes"}, "spamd.allow_tell: expected true or false"),
     ("policy", {"report": "yes"}, "policy.report: expected true or false"),
 ])
 def test_front_end_sections_are_checked(section: str, value: Any, message: str) -> None:
@@ -209,6 +210,7 @@ def test_front_ends_are_off_unless_configured() -> None:
     config = build(Config, {"milter": {}, "spamd": {"listen": "[::1]:10783"}})
     assert config.milter is not None and config.milter.listen == "127.0.0.1:10027"
     assert config.spamd is not None and config.spamd.listen == "[::1]:10783"
+    assert config.spamd.allow_tell is False   # TELL off unless asked for, as spamd's --allow-tell
 
 
 def test_reload_keeps_restart_keys_and_applies_the_rest() -> None:
