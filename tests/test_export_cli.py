@@ -9,6 +9,7 @@ in the README's `[fast]` install).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,26 @@ def test_retrain_config_errors_name_the_file_once_and_no_folders_is_said(tmp_pat
     assert len(errors) == 1 and errors[0].endswith(
         f"retrain failed: no folders configured: list your ham and spam folders under "
         f"retrain.ham and retrain.spam in {config}"), failed.stderr
+
+
+def test_evaluate_gives_the_same_figures_however_the_mail_is_named(corpus_dir: Path, tmp_path: Path) -> None:
+    """The same messages as a labelled corpus folder (--corpus --split all) and as --ham and
+    --spam give the same JSON, to the last digit."""
+    import tarfile
+
+    for tarball, kind in (("20030228_hard_ham.tar.bz2", "ham"), ("20050311_spam_2.tar.bz2", "spam")):
+        (tmp_path / "corpus" / kind).mkdir(parents=True)
+        with tarfile.open(corpus_dir / tarball) as tar:
+            members = [m for m in tar if m.isfile() and not m.name.endswith("cmds")][:30]
+            for member in members:
+                (tmp_path / "corpus" / kind / Path(member.name).name).write_bytes(
+                    tar.extractfile(member).read())  # type: ignore[union-attr]
+    model = ["--model", str(shipped_model())]
+    whole = export("evaluate", *model, "--corpus", str(tmp_path / "corpus"), "--split", "all")
+    named = export("evaluate", *model, "--ham", str(tmp_path / "corpus" / "ham"),
+                   "--spam", str(tmp_path / "corpus" / "spam"))
+    assert whole.returncode == 0 and named.returncode == 0, (whole.stderr, named.stderr)
+    figures = [{k: v for k, v in json.loads(r.stdout).items() if k != "malformed_skipped"}
+               for r in (whole, named)]
+    assert figures[0] == figures[1]
+    assert (figures[0]["ham"], figures[0]["spam"]) == (30, 30)

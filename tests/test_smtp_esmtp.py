@@ -171,6 +171,29 @@ def test_connection_limit_gives_421(make_filterd: Any) -> None:
         assert client.noop()[0] == 250
 
 
+def test_a_client_greeted_once_stopping_began_gets_one_421(make_filterd: Any) -> None:
+    """Daemon.stop (SIGTERM) closes the gate at once: a connection the loop still accepts
+    before the listening socket is closed gets a single 421, never a 220 and then the
+    drain's 421 (RFC 5321 3.1: a server that cannot serve says 421 instead of greeting)."""
+    fd = make_filterd()
+    with raw(fd.port) as (_, reader):
+        assert reader.readline().startswith(b"220")          # greeted before the stop
+        fd.run(_stop_begins(fd))                             # Daemon.stop, up to its drain
+        assert fd.gate.closing
+        with raw(fd.port) as (_, late):
+            assert late.readline().decode().rstrip() == str(replies.S421_SHUTTING_DOWN)
+            assert late.readline() == b""                    # and closed
+
+
+async def _stop_begins(fd: Any) -> None:
+    """Daemon.stop's first step alone (the gate), with the listener kept open: the moment
+    between SIGTERM and the drain, when the loop may still accept a queued connection."""
+    stopping = fd.daemon.stopping
+    fd.daemon.stopping = asyncio.Event()     # not the one serve() waits on: no drain yet
+    fd.daemon.stop()
+    fd.daemon.stopping = stopping
+
+
 def test_idle_clients_get_421_and_free_their_slot(make_filterd: Any) -> None:
     fd = make_filterd(timeouts={"idle": 0.5}, max_connections=1)
     with raw(fd.port) as (_, reader):

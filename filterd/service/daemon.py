@@ -250,6 +250,7 @@ class Daemon:
             return
         self.notifier.stopping()
         log.info("stopping (up to %gs for transactions in flight)", self.config.timeouts.shutdown)
+        self.gate.close()   # a client accepted from here on is refused, not greeted
         self.stopping.set()
 
     def _on_hup(self) -> None:

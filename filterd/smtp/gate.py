@@ -46,7 +46,13 @@ class Gate:
     def __init__(self, config: Any) -> None:
         self._prefix = f"{os.getpid() % 100000:x}."
         self._open: set[Any] = set()
+        self.closing = False
         self.reconfigure(config)
+
+    def close(self) -> None:
+        """Shutting down (SIGTERM): from now on a new client gets one 421 instead of a
+        greeting, never a 220 followed at once by the drain's 421 (RFC 5321 3.1, 3.8)."""
+        self.closing = True
 
     def reconfigure(self, config: Any) -> None:
         """New rules for the next connection and the next XFORWARD; open sessions stay."""
@@ -63,12 +69,16 @@ class Gate:
         return sum(1 for session in self._open if session.txn is not None)
 
     def admit(self, session: Any) -> Reply | None:
-        """None to greet the client, else the reply that refuses it (RFC 5321 3.1: 554)."""
+        """None to greet the client, else the reply that refuses it (RFC 5321 3.1: 554;
+        421 when it cannot be served now)."""
         session.id = f"{self._prefix}{next(_ids):x}"
         session.address = peer_address(session.peer)   # parsed once, checked again at EHLO/XFORWARD
         if not in_networks(session.address, self.allowed):
             log.warning("%s %s refused: not in allowed_networks", session.id, session.peer)
             return replies.S554_ACCESS_DENIED
+        if self.closing:
+            log.info("%s %s refused: shutting down", session.id, session.peer)
+            return replies.S421_SHUTTING_DOWN
         if self.sessions >= self.max_connections:
             log.warning("%s %s refused: max_connections reached", session.id, session.peer)
             return replies.S421_TOO_MANY_CONNECTIONS
