@@ -90,6 +90,10 @@ def check_config(args: argparse.Namespace) -> int:
         return 2
     print(f"{args.config}: OK (model {scorer.version} on {scorer.provider}, "
           f"{config.worker_count()} worker(s), listening on {config.listen})")
+    if config.learning is not None:
+        from filterd.learning.teacher import status
+
+        print(status(config.learning, scorer))
     return 0
 
 

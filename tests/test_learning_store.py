@@ -210,3 +210,21 @@ def test_a_full_disk_fails_the_lesson_and_never_scanning(daemon_factory: Any, ti
     wait_until(lambda: max(points_everywhere(port, spam[2], 8)) < shipped, 1.0, "the lesson")
     problems = daemon.problems()
     assert len(problems) == 1 and "TELL not recorded" in problems[0] and "No space" in problems[0], problems
+
+
+def test_check_config_says_what_the_store_holds(tmp_path: Path, spam: list[bytes]) -> None:
+    config = tmp_path / "filterd.yaml"
+    config.write_text(f"learning: {{store: {tmp_path / 'store'}}}\n"
+                      f"model: {{path: {REPO / 'model_artifacts'}, device: cpu}}\n")
+    (tmp_path / "m.eml").write_bytes(spam[4])
+    assert learn(config, "--spam", str(tmp_path / "m.eml")).returncode == 0
+
+    def check() -> str:
+        done = subprocess.run([sys.executable, "-m", "filterd", "check-config", "-c", str(config)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()[-1]
+
+    assert check() == f"learning store {tmp_path / 'store'}: 1 lesson(s), 1 made on this model"
+    (tmp_path / "store" / "journal").write_bytes(b"not a journal line 00000000\n")
+    assert "refused" in check()

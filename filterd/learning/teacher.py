@@ -37,6 +37,20 @@ def open_store(url: str) -> Any:
     return DirStore(url)
 
 
+def status(config: LearningConfig, scorer: Any) -> str:
+    """One line for `filterd check-config`: the store, and what a process would make of it."""
+    learner = Learner(open_store(config.store), scorer, per_user=config.per_user,
+                      max_lessons=config.max_lessons, max_users=config.max_users)
+    learner.poll()
+    where = f"learning store {learner.store.describe()}"
+    if learner.broken:
+        return f"{where}: refused ({learner.broken}); filterd would scan on the shipped weights"
+    if learner.away:
+        return f"{where}: unreachable now ({learner.away})"
+    here = sum(r.model == str(scorer.version) for r in learner.lessons.values())
+    return f"{where}: {len(learner.lessons)} lesson(s), {here} made on this model"
+
+
 class Learning:
     """start(scorer) / attach(scorer) on reload / stop(); learn() and forget() as a Teacher."""
 
