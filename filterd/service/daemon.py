@@ -192,7 +192,7 @@ class Daemon:
                 server = await loop.create_server(tracked, host, port, reuse_address=True,
                                                   backlog=1024)
             except OSError as exc:
-                raise listeners.taken(exc, host, port) from exc
+                raise listeners.taken(exc, host, port) from None
         self.address = ", ".join(format_address(s.getsockname()) for s in server.sockets)
         return server
 

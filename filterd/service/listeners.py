@@ -86,7 +86,7 @@ def bind(address: str, count: int = 1) -> list[socket.socket]:
     except OSError as exc:
         for sock in socks:
             sock.close()
-        raise taken(exc, host, port) from exc
+        raise taken(exc, host, port) from None   # exc itself, or it with who holds the address
     return socks
 
 
