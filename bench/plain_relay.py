@@ -33,7 +33,7 @@ MAX_SIZE = 52428800  # filterd's default max_message_size
 class Pool:
     """Connected aiosmtplib clients, one per message in flight; up to `size` kept when idle.
 
-    This is filterd's relay policy (filterd/smtp/relay.py): no cap on connections in use, LIFO
+    This is filterd's relay policy (filterd/frontends/smtp/relay.py): no cap on connections in use, LIFO
     reuse, idle connections beyond `size` closed.
     """
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from filterd.service import metrics
+from filterd import metrics
 
 log = logging.getLogger(__name__)
 

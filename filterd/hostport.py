@@ -1,9 +1,11 @@
 """Addresses: host:port strings as the config writes them (read one, write a socket's back),
-and a peer's IP address against the configured networks (allowed_networks and the like)."""
+a peer's IP address against the configured networks (allowed_networks and the like), and
+the name we greet with."""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,6 +30,18 @@ def format_address(sockname: tuple) -> str:
     """A socket address as "host:port" or "[v6]:port", the form split_hostport reads."""
     host, port = sockname[0], sockname[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describe(sock: socket.socket) -> str:
+    """A listening socket's address as the log and the config write it: host:port or unix:/path."""
+    name = sock.getsockname()
+    return f"unix:{name}" if sock.family == socket.AF_UNIX else format_address(name)
+
+
+def greeting_name(config: Any) -> str:
+    """Our name in the SMTP greeting and EHLO; Postfix refuses a filter that greets with its
+    own name. socket.getfqdn may ask DNS: call it off the event loop."""
+    return config.hostname or f"filterd.{socket.getfqdn()}"
 
 
 def networks(values: Iterable[Any] | None) -> list[Network]:

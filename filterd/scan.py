@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from filterd import verdict
-from filterd.service import metrics
+from filterd import metrics
 from filterd.sniff import not_mail
 
 if TYPE_CHECKING:
-    # Imported where it is used: explain needs numpy, and the supervisor, which imports
-    # this module through listeners.py, should not carry numpy's 15 MB for nothing.
+    # Imported where it is used: explain needs numpy, which a process that only scans
+    # without reasons need not load.
     from filterd.pipeline import explain as explaining
 
 log = logging.getLogger(__name__)

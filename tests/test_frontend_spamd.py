@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from filterd.spamd import points
+from filterd.frontends.spamd import points
 from filterd.verdict import Policy
 from tests.fixtures.frontends import SPAMC, Spamc, exchange, frontend_port, require_spamc, spamc
 from tests.fixtures.postfix import corpus_messages

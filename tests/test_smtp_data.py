@@ -1,4 +1,4 @@
-"""The text after DATA (filterd/smtp/data.py): aiosmtpd's rules, read in large pieces.
+"""The text after DATA (filterd/frontends/smtp/data.py): aiosmtpd's rules, read in large pieces.
 
 A property test holds read_data to a line-at-a-time reading of the same rules (aiosmtpd's),
 for any bytes, any way the stream is cut into TCP segments and any limits; the end-to-end
@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filterd.smtp import replies
-from filterd.smtp.data import Data, Outcome, read_data
+from filterd import replies
+from filterd.frontends.smtp.data import Data, Outcome, read_data
 from tests.fixtures.clients import code, ours_and_rest, raw, talk
 
 _END = b".\r\n"

@@ -14,7 +14,7 @@ import aiosmtplib
 import pytest
 from prometheus_client import REGISTRY
 
-from filterd.smtp import replies
+from filterd import replies
 from tests.fixtures.smtp import REPO, InProcessFilterd, wait_until
 from tests.fixtures.clients import code, ours_and_rest, raw, reply_of, said, talk
 

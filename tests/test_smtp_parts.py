@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from filterd.batcher import Batcher, runs_on_loop
 from filterd.verdict import Verdict, format_score, header_end, render, tag
-from filterd.smtp.relay import stuffed
+from filterd.frontends.smtp.relay import stuffed
 from tests.fixtures.clients import ours_and_rest
 
 SPAMMY = Verdict("Yes", 0.9731, 0.4, 0.95, "m-1")

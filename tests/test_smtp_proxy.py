@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from filterd.smtp import replies
-from filterd.smtp.replies import Reply
+from filterd import replies
+from filterd.replies import Reply
 from tests.fixtures.clients import code, corpus_sample, ours_and_rest, said, talk
 
 SENDER = "sender@example.org"

@@ -24,23 +24,24 @@ from typing import Any
 
 from filterd.service import eventloop
 from filterd.service import log as logsetup
-from filterd.service import metrics
-from filterd.smtp import replies
+from filterd import metrics
+from filterd import replies
 from filterd.batcher import Batcher, runs_on_loop
 from filterd.config import Config, load_config
 from filterd.errors import ConfigError
 from filterd.hostport import format_address, split_hostport
 from filterd.learning import Teacher
 from filterd.learning.teacher import Learning
+from filterd.frontends.listener import Listener
 from filterd.service import listeners
 from filterd.service.model import load_scorer
 from filterd.service.notify import Notifier
 from filterd.service.reload import pin_restart_keys, refused, reloaded
 from filterd.service.reports import Failed, Ready, Refused, Reloaded, Report
-from filterd.smtp.gate import Gate
-from filterd.smtp.handler import FilterHandler
-from filterd.smtp.relay import Relay
-from filterd.smtp.smtpd import smtp_factory
+from filterd.frontends.smtp.gate import Gate
+from filterd.frontends.smtp.handler import FilterHandler
+from filterd.frontends.smtp.relay import Relay
+from filterd.frontends.smtp.smtpd import smtp_factory
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Daemon:
                  frontend_socks: dict[str, socket.socket] | None = None) -> None:
         self.config_path, self.config, self.sock = config_path, config, sock
         self.frontend_socks = frontend_socks or {}   # milter/spamd sockets from the supervisor
-        self.frontends: list[listeners.Listener] = []
+        self.frontends: list[Listener] = []
         self.standalone = report is None
         self.notifier = Notifier() if report is None else Notifier(address="")
         self.report = report or self._say
@@ -158,14 +159,14 @@ class Daemon:
     async def _start_frontends(self) -> str | None:
         """The milter and spamd listeners the config turns on, beside the SMTP one; what
         went wrong, if one cannot listen."""
-        from filterd import milter, spamd   # only when configured
+        from filterd.frontends import milter, spamd   # only when configured
 
         for name, section, serve in (("milter", self.config.milter, milter.serve),
                                      ("spamd", self.config.spamd, spamd.serve)):
             if section is None:
                 continue
             sock = self.frontend_socks.get(name)
-            listener = listeners.Listener(name, serve, self.config, self.batcher)
+            listener = Listener(name, serve, self.config, self.batcher)
             listener.teacher = self.teacher
             try:
                 await listener.start(sock or listeners.bind(section.listen)[0], owned=sock is None)

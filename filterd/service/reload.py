@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from filterd.config import Config
-from filterd.service import metrics
+from filterd import metrics
 from filterd.service.notify import Notifier
 
 log = logging.getLogger(__name__)

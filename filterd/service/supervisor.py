@@ -35,8 +35,9 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from filterd.config import Config, load_config
 from filterd.errors import ConfigError
-from filterd.hostport import format_address
-from filterd.service import eventloop, listeners, metrics
+from filterd.hostport import describe, format_address
+from filterd import metrics
+from filterd.service import eventloop, listeners
 from filterd.service.notify import Notifier
 from filterd.service.reload import pin_restart_keys, refused, reloaded
 from filterd.service.reports import Failed, Ready, Reloaded, Report, decode
@@ -106,7 +107,7 @@ class Supervisor:
             for sock in self.socks[name]:
                 sock.set_inheritable(True)
             if name != "smtp":
-                log.info("%s listening on %s", name, listeners.describe(self.socks[name][0]))
+                log.info("%s listening on %s", name, describe(self.socks[name][0]))
         return True
 
     def _close_all(self) -> None:

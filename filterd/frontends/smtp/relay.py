@@ -20,12 +20,11 @@ from typing import Any
 
 import aiosmtplib
 
-from filterd.service import metrics
-from filterd.smtp import replies
-from filterd.smtp.pool import Pool
-from filterd.smtp.replies import Reply
-from filterd.hostport import split_hostport
-from filterd.smtp.smtpd import greeting_name
+from filterd import metrics
+from filterd import replies
+from filterd.frontends.smtp.pool import Pool
+from filterd.replies import Reply
+from filterd.hostport import greeting_name, split_hostport
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def _addr(address: str) -> bytes:
 
 
 class Relay:
-    """Transactions to `config.next_hop` on pooled aiosmtplib connections (filterd/smtp/pool.py)."""
+    """Transactions to `config.next_hop` on pooled aiosmtplib connections (filterd/frontends/smtp/pool.py)."""
 
     def __init__(self, config: Any) -> None:
         self.host, self.port = split_hostport(config.next_hop)

@@ -18,9 +18,9 @@ import re
 from typing import Any
 
 from filterd.hostport import in_networks, networks, peer_address
-from filterd.service import metrics
-from filterd.smtp import replies
-from filterd.smtp.replies import Reply
+from filterd import metrics
+from filterd import replies
+from filterd.replies import Reply
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from aiosmtpd.smtp import MISSING
 from filterd import verdict
 from filterd.pipeline import explain
 from filterd.scan import Record, State, scan
-from filterd.service import metrics
-from filterd.smtp import replies
-from filterd.smtp.gate import XFORWARD_ATTRS
-from filterd.smtp.replies import Reply
+from filterd import metrics
+from filterd import replies
+from filterd.frontends.smtp.gate import XFORWARD_ATTRS
+from filterd.replies import Reply
 
 log = logging.getLogger(__name__)
 _EHLO_EXTRA = ["250-PIPELINING", "250-DSN"]

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 import aiosmtplib
 
-from filterd.service import metrics
+from filterd import metrics
 
 log = logging.getLogger(__name__)
 

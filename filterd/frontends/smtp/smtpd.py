@@ -27,16 +27,16 @@ import asyncio
 import collections
 import logging
 import re
-import socket
 from collections.abc import Callable
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, Session, syntax
 
 from filterd.scan import Record
-from filterd.smtp import replies
-from filterd.smtp.data import Outcome, read_data
-from filterd.smtp.gate import Gate
+from filterd import replies
+from filterd.frontends.smtp.data import Outcome, read_data
+from filterd.frontends.smtp.gate import Gate
+from filterd.hostport import greeting_name
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +234,6 @@ def _take_params(arg: str | None, names: frozenset[str]) -> tuple[str | None, li
     for word in tail.split():
         (taken if word.partition("=")[0].upper() in names else kept).append(word)
     return " ".join([head, *kept]), taken
-
-
-def greeting_name(config: Any) -> str:
-    """Our name in the greeting; Postfix refuses a filter that greets with its own name."""
-    return config.hostname or f"filterd.{socket.getfqdn()}"
 
 
 def smtp_factory(config: Any, handler: Any, gate: Gate) -> Callable[[], FilterSMTP]:

@@ -36,10 +36,10 @@ from kilter.protocol.exceptions import UnexpectedMessage, UnknownMessage
 
 from filterd import verdict
 from filterd.pipeline import explain
-from filterd.milter_edits import edits
+from filterd.frontends.milter_edits import edits
 from filterd.scan import Record, State, scan
-from filterd.service.listeners import Conn, Listener
-from filterd.smtp import replies
+from filterd.frontends.listener import Conn, Listener
+from filterd import replies
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from filterd import verdict
 from filterd.learning import LearningError
 from filterd.pipeline import explain
 from filterd.scan import Record, State, scan
-from filterd.service.listeners import Conn, Listener
-from filterd.spamd_protocol import (EX_TEMPFAIL, EX_TIMEOUT, PONG, Request, SpamdError,
+from filterd.frontends.listener import Conn, Listener
+from filterd.frontends.spamd_protocol import (EX_TEMPFAIL, EX_TIMEOUT, PONG, Request, SpamdError,
                                     answer, bad_header, read_body, read_request, spam_line,
                                     told, unavailable)
 
