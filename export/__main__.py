@@ -44,7 +44,13 @@ def main(argv: list[str]) -> int:
             raise
         print(f"python -m export {argv[0]}: {extra.HINT} (no module named {exc.name!r})", file=sys.stderr)
         return 1
-    return int(module.main(argv[1:]))
+    from export.corpus import MailError
+
+    try:
+        return int(module.main(argv[1:]))
+    except MailError as exc:   # mail named on the command line that is not there (cv, say)
+        print(f"python -m export {argv[0]}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ def test_missing_corpus_and_folders(tmp_path: Path) -> None:
         "train: /nonexist: no such file or folder"
     assert one_line(export("evaluate", "--ham", "/nonexist", "--spam", "/nonexist")) == \
         "evaluate: /nonexist: no such file or folder"
+    assert one_line(export("cv", "--corpus", "/nonexist")) == "python -m export cv: /nonexist: no such file or folder"
     (tmp_path / "empty").mkdir()
     assert one_line(export("evaluate", "--ham", str(tmp_path / "empty"), "--spam", str(tmp_path / "empty"))) == \
         f"evaluate: {tmp_path / 'empty'}: no mail messages (of a Maildir, only cur/ and new/ are read)"
