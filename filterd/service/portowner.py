@@ -51,7 +51,8 @@ def _command(pid: int) -> str:
         raw = (_PROC / str(pid) / "cmdline").read_bytes()
     except OSError:
         return "?"
-    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()[:120] or "?"
+    words = raw.replace(b"\0", b" ").decode("utf-8", "replace").split()   # one line, whatever the args hold
+    return " ".join(words)[:120] or "?"
 
 
 def holder(host: str, port: int) -> str | None:
