@@ -1,4 +1,4 @@
-"""The milter's header edits (filterd/milter_edits.py) as a pure function: no edit that
+"""The milter's header edits (filterd/frontends/milter_edits.py) as a pure function: no edit that
 places a header of the message depends on an absolute index, so the headers the MTA hides
 from milters cannot shift them (the end-to-end check behind Postfix is in
 test_frontend_milter.py)."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from kilter.protocol import messages as m
 
-from filterd.milter_edits import edits
+from filterd.frontends.milter_edits import edits
 from filterd.verdict import Verdict
 
 HAM = Verdict("No", 0.1, 0.6, 0.9, "v1")
