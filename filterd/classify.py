@@ -3,8 +3,9 @@
 PATH is a message file, a folder (walked recursively; in a Maildir only cur/ and new/ are
 read; dot files, hidden folders such as Maildir++ subfolders, and Maildir tmp/ are
 skipped: see filterd/mailfiles.py), an mbox file, or `-` for one message on
-stdin. Messages are scored in batches; the action is what the manifest's thresholds give:
-"reject" at or above reject, "tag" at or above tag, else "pass". With --explain each line
+stdin. Messages are scored in batches; the action is what the manifest's thresholds give,
+in the daemon's words (verdict.Action): "rejected" at or above reject, "tagged" at or above
+tag, else "ham". With --explain each line
 also carries "explanation": the logit, the recurrent part's share, and the top n-gram
 features with their signed contributions.
 

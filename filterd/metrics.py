@@ -26,7 +26,8 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 MESSAGES = Counter(
     "filterd_messages", "Messages handled, by front-end and action taken", ["frontend", "action"]
 )  # frontend: smtp | milter | spamd
-# action: ham | tagged | rejected | skipped | unscored | tempfail | relay_failed, too_big (smtp) | error
+# action: verdict.Action (ham | tagged | rejected | skipped | not_mail | unscored | tempfail |
+# relay_failed | too_big)
 SCORE = Histogram("filterd_score", "Spam probability of scored messages", buckets=_SCORE_BUCKETS)
 SCORING_SECONDS = Histogram(
     "filterd_scoring_seconds", "Time to score one message (prepare + batched inference)",

@@ -9,6 +9,10 @@
   tempfail (the front-end answers 4xx and the MTA retries) or accept (X-Spam-Status: Unknown);
 * otherwise the Policy judges the score; with `explain`, the reasons are computed too.
 
+It returns an `Outcome`: the action (Action, the one vocabulary of the log, the
+metrics and classify), the verdict and score, the header edits to make to a message that
+is passed on, and the reasons. A front-end only renders it into its protocol.
+
 `Record` holds the facts of one message for its one INFO line and the metrics, which name
 the front-end (`frontend="smtp|milter|spamd"`), so an operator can tell the paths apart.
 """
@@ -21,9 +25,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from filterd import verdict
-from filterd import metrics
+from filterd import metrics, replies
+from filterd.replies import Reply
 from filterd.sniff import not_mail
+from filterd.verdict import Action, Edits, Policy, Verdict, format_score
 
 if TYPE_CHECKING:
     # Imported where it is used: explain needs numpy, which a process that only scans
@@ -39,12 +44,12 @@ class State:
 
     config: Any
     batcher: Any
-    policy: verdict.Policy
+    policy: Policy
 
     @classmethod
     def build(cls, config: Any, batcher: Any) -> State:
         scorer = batcher.scorer
-        policy = verdict.Policy.resolve(config.policy.tag_at, config.policy.reject_at,
+        policy = Policy.resolve(config.policy.tag_at, config.policy.reject_at,
                                         scorer.thresholds, str(getattr(scorer, "version", "")))
         return cls(config, batcher, policy)
 
@@ -62,7 +67,7 @@ class Record:
         self.mail_from, self.rcpts, self.size = mail_from, rcpts, size
         self.queue_id = ""
         self.score: float | None = None
-        self.action = "tempfail"
+        self.action: Action = "tempfail"
         self.scoring_s = self.relay_s = 0.0
 
     def log(self, reply: Any) -> None:
@@ -73,28 +78,61 @@ class Record:
             "%s frontend=%s%s client=%s from=<%s> rcpts=%d size=%d score=%s action=%s scoring_ms=%.1f "
             "relay_ms=%.1f reply=%r",
             self.id, self.frontend, queue, self.client, self.mail_from or "", self.rcpts,
-            self.size, "-" if self.score is None else verdict.format_score(self.score),
+            self.size, "-" if self.score is None else format_score(self.score),
             self.action, self.scoring_s * 1000, self.relay_s * 1000, str(reply).split("\r\n")[-1],
         )
 
 
 @dataclass(frozen=True)
-class Scanned:
-    """The outcome: `verdict` None means "answer 4xx" (scoring failed, on_error: tempfail)."""
+class Outcome:
+    """What scan() decided for one message, for a front-end to render.
 
-    verdict: verdict.Verdict | None
+    `verdict` None means "answer 4xx" (scoring failed, on_error: tempfail); then there are no
+    `edits`. Otherwise `edits` are the header edits for a message that is passed on (the
+    proxy and spamd make them on the bytes, the milter asks the MTA to), and `refusal` says
+    whether an SMTP front-end refuses it instead."""
+
+    action: Action
+    verdict: Verdict | None
+    edits: Edits | None = None
     explanation: explaining.Explanation | None = None
 
+    @property
+    def score(self) -> float | None:
+        return self.verdict.score if self.verdict is not None else None
 
-async def scan(state: State, data: bytes, record: Record, *, explain: bool = False) -> Scanned:
+    @property
+    def refusal(self) -> Reply | None:
+        """The SMTP reply that refuses the message (451: not scored, 550: spam), or None."""
+        if self.verdict is None:
+            return replies.S451_SCORING_FAILED
+        return replies.S550_SPAM_REJECTED if self.action == "rejected" else None
+
+
+def outcome(state: State, judged: Verdict, record: Record,
+            why: explaining.Explanation | None = None,
+            action: Action | None = None) -> Outcome:
+    """The Outcome of a message judged `judged` (`action`, if the verdict alone does not
+    say it), written into `record` (action, score)."""
+    policy = state.config.policy
+    report = None
+    if why is not None and policy.report:
+        from filterd.pipeline import explain as explaining
+
+        report = explaining.summary(why)
+    action = action or judged.action
+    record.action, record.score = action, judged.score
+    return Outcome(action, judged, Edits.of(judged, policy.subject_prefix, report), why)
+
+
+async def scan(state: State, data: bytes, record: Record, *, explain: bool = False) -> Outcome:
     """Score `data` under `state`'s config and policy; fills in `record`."""
     config = state.config
     if (reason := not_mail(data)) is not None:
-        record.action = "not_mail"
-        return Scanned(verdict.Verdict("Skipped", note=f"not a mail message ({reason})"))
+        return outcome(state, Verdict("Skipped", note=f"not a mail message ({reason})"),
+                       record, action="not_mail")
     if len(data) > config.scoring.max_bytes:
-        record.action = "skipped"
-        return Scanned(verdict.Verdict("Skipped"))
+        return outcome(state, Verdict("Skipped"), record)
     start = time.perf_counter()
     try:
         async with asyncio.timeout(config.timeouts.scoring):   # no task per message, unlike wait_for
@@ -105,16 +143,12 @@ async def scan(state: State, data: bytes, record: Record, *, explain: bool = Fal
         log.exception("%s scoring failed", record.id)
         if config.scoring.on_error != "accept":
             record.action = "tempfail"
-            return Scanned(None)
-        record.action = "unscored"
-        return Scanned(verdict.Verdict("Unknown"))
+            return Outcome("tempfail", None)
+        return outcome(state, Verdict("Unknown"), record)
     record.scoring_s = time.perf_counter() - start
-    record.score = score
     metrics.SCORING_SECONDS.observe(record.scoring_s)
     metrics.SCORE.observe(score)
-    judged = state.policy.judge(score)
-    record.action = "rejected" if judged.rejected else "tagged" if judged.flagged else "ham"
-    return Scanned(judged, why)
+    return outcome(state, state.policy.judge(score), record, why)
 
 
 async def _score(batcher: Any, data: bytes, explain: bool,

@@ -1,7 +1,9 @@
-"""The verdict: score -> pass / tag / reject (Policy), and how it is written into a message.
+"""The verdict: score -> ham / tagged / rejected (Policy), and how it is written into a message.
 
 Every front-end (the SMTP proxy, the milter, spamd) and `filterd classify` decide with the
-same Policy, so a message gets the same action whichever way it came in.
+same Policy, so a message gets the same action whichever way it came in, and they name
+it with the same words (`Action`: the log line's action=, the metrics' action label,
+classify's "action").
 
 A message leaves filterd byte-identical to how it came in except for:
 
@@ -18,12 +20,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
+
+# What happened to a message, in the log, the metrics and classify (docs/operations.md):
+Action = Literal[
+    "ham",            # scored below the tag threshold: passed on with our headers
+    "tagged",         # at or above tag: passed on, X-Spam-Flag: YES
+    "rejected",       # at or above reject: 550 (spamd, which never refuses, says Spam: True)
+    "skipped",        # over scoring.max_bytes: passed on unscored, X-Spam-Status: Skipped
+    "not_mail",       # not a mail message (sniff.py): passed on unscored, never spam
+    "unscored",       # scoring failed, scoring.on_error: accept: X-Spam-Status: Unknown
+    "tempfail",       # scoring failed (on_error: tempfail) or filterd's own error: 4xx
+    "relay_failed",   # the SMTP proxy's next hop did not take it: its reply is passed back
+    "too_big",        # over max_message_size: 552, nothing of it kept
+]
+ACTIONS: tuple[Action, ...] = get_args(Action)
 
 # A header field that starts with X-Spam- (any case), not one we already renamed.
 # Only lines at the start of a field: continuation lines begin with WSP (RFC 5322 2.2.3).
 _FORGED = re.compile(rb"^(X-Spam-)(?!Untrusted-)(?=[!-9;-~]*[ \t]*:)", re.IGNORECASE | re.MULTILINE)
-_SUBJECT = re.compile(rb"^Subject[ \t]*:[ \t]?", re.IGNORECASE | re.MULTILINE)
+_SUBJECT = re.compile(rb"^Subject[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _HEAD_END = re.compile(rb"\n(\r?\n)")   # group 1: the empty line
 _UNSAFE = re.compile(r"[^!-~]")
 
@@ -47,6 +63,13 @@ class Verdict:
     def rejected(self) -> bool:
         return self.score is not None and self.reject is not None and self.score >= self.reject
 
+    @property
+    def action(self) -> Action:
+        """"rejected", "tagged" or "ham" for a scored message; "skipped" / "unscored" else."""
+        if self.score is None:
+            return "unscored" if self.status == "Unknown" else "skipped"
+        return "rejected" if self.rejected else "tagged" if self.flagged else "ham"
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -67,12 +90,9 @@ class Policy:
         flagged = self.tag is not None and score >= self.tag
         return Verdict("Yes" if flagged else "No", score, self.tag, self.reject, self.model)
 
-    def action(self, score: float) -> str:
-        """"reject", "tag" or "pass": what a front-end does with a message of this score."""
-        verdict = self.judge(score)
-        if verdict.rejected:
-            return "reject"
-        return "tag" if verdict.flagged else "pass"
+    def action(self, score: float) -> Action:
+        """"rejected", "tagged" or "ham": what a front-end does with a message of this score."""
+        return self.judge(score).action
 
 
 def policy_problem(tag_at: float | str | None, reject_at: float | str | None,
@@ -107,6 +127,42 @@ def format_score(value: float) -> str:
 
 def _fmt(value: float | None) -> str:
     return "none" if value is None else format_score(value)
+
+
+@dataclass(frozen=True)
+class Edits:
+    """The header edits for a message that is passed on, the same for every front-end:
+    `ours` go to the top, in order; every incoming X-Spam-* field is renamed (`untrusted`);
+    the Subject gets `subject_prefix` when it is set (flagged mail only)."""
+
+    ours: tuple[tuple[str, str], ...]
+    subject_prefix: bytes | None = None
+
+    @classmethod
+    def of(cls, verdict: Verdict, subject_prefix: str | None = None,
+           report: str | None = None) -> Edits:
+        """The edits for `verdict`; `report` (the reasons, policy.report) becomes X-Spam-Report."""
+        prefix = subject_prefix.encode("utf-8") if subject_prefix and verdict.flagged else None
+        return cls(tuple(headers(verdict, report)), prefix)
+
+
+def untrusted(name: str) -> str:
+    """The name an incoming header field goes on under: X-Spam-Flag -> X-Spam-Untrusted-Flag
+    (any case), every other name (and one already renamed) as it is."""
+    return _FORGED.sub(rb"X-Spam-Untrusted-", name.encode("ascii", "replace") + b":")[:-1].decode()
+
+
+def prefixed(value: bytes, prefix: bytes) -> bytes | None:
+    """A Subject's field body with `prefix` inserted after its one leading space or tab, or
+    None when it already starts with it (the message passed through us twice)."""
+    lead = value[:1] if value[:1] in (b" ", b"\t") else b""
+    text = value[len(lead):]
+    return None if text.startswith(prefix) else lead + prefix + text
+
+
+def added_subject(prefix: bytes) -> bytes:
+    """The Subject field body for flagged mail that had none."""
+    return b" " + prefix.rstrip()
 
 
 def headers(verdict: Verdict, report: str | None = None) -> list[tuple[str, str]]:
@@ -148,12 +204,6 @@ def fold(name: str, value: str, width: int = 78) -> str:
     return "\r\n\t".join(lines)
 
 
-def render(verdict: Verdict, report: str | None = None) -> bytes:
-    """The header block we prepend, CRLF-terminated lines (SMTP DATA is CRLF, RFC 5321 2.3.8)."""
-    return b"".join(f"{name}: {value}\r\n".encode("ascii")
-                    for name, value in headers(verdict, report))
-
-
 def header_end(data: bytes) -> int:
     """Offset of the empty line that ends the header section (len(data) if there is none)."""
     if data.startswith((b"\r\n", b"\n")):
@@ -162,24 +212,22 @@ def header_end(data: bytes) -> int:
     return match.start(1) if match else len(data)
 
 
-def tag(data: bytes, verdict: Verdict, subject_prefix: str | None = None,
-        report: str | None = None) -> bytes:
-    """Return `data` with forged headers renamed and ours prepended; the body is untouched."""
-    head, start = tag_parts(data, verdict, subject_prefix, report)
+def apply(data: bytes, edits: Edits) -> bytes:
+    """Return `data` with `edits` made: forged headers renamed, ours prepended; the body untouched."""
+    head, start = apply_parts(data, edits)
     return head + memoryview(data)[start:]
 
 
-def tag_parts(data: bytes, verdict: Verdict, subject_prefix: str | None = None,
-              report: str | None = None) -> tuple[bytes, int]:
-    """The tagged message as (head, start): it is head + data[start:], so a big message is
+def apply_parts(data: bytes, edits: Edits) -> tuple[bytes, int]:
+    """The edited message as (head, start): it is head + data[start:], so a big message is
     sent without a copy of it (relay.Transaction.data takes the two). `head` is our headers,
     plus the header section when a forged header or the Subject had to change."""
     end = header_end(data)
     head = bytes(memoryview(data)[:end])   # bytes (data may be a bytearray): unchanged, sub returns it
     new_head = _FORGED.sub(rb"X-Spam-Untrusted-", head)
-    if subject_prefix and verdict.flagged:
-        new_head = _prefix_subject(new_head, subject_prefix.encode("utf-8"))
-    ours = render(verdict, report)
+    if edits.subject_prefix:
+        new_head = _prefix_subject(new_head, edits.subject_prefix)
+    ours = b"".join(f"{name}: {value}\r\n".encode("ascii") for name, value in edits.ours)
     if new_head is head:
         return ours, 0                   # the header section goes out as it came
     return ours + new_head, end
@@ -188,7 +236,6 @@ def tag_parts(data: bytes, verdict: Verdict, subject_prefix: str | None = None,
 def _prefix_subject(head: bytes, prefix: bytes) -> bytes:
     match = _SUBJECT.search(head)
     if match is None:
-        return b"Subject: " + prefix.rstrip() + b"\r\n" + head
-    if head.startswith(prefix, match.end()):
-        return head  # already prefixed (e.g. it passed through us twice)
-    return head[: match.end()] + prefix + head[match.end():]
+        return b"Subject:" + added_subject(prefix) + b"\r\n" + head
+    value = prefixed(head[match.end():], prefix)   # the field body from just after the colon
+    return head if value is None else head[: match.end()] + value

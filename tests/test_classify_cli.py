@@ -51,8 +51,8 @@ def test_folder_maildir_mbox_and_stdin(tmp_path: Path, model_dir: Path) -> None:
             continue
         assert 0.0 <= line["score"] <= 1.0
         t = scorer.thresholds
-        expected = ("reject" if line["score"] >= t.reject else
-                    "tag" if line["score"] >= t.tag else "pass")
+        expected = ("rejected" if line["score"] >= t.reject else
+                    "tagged" if line["score"] >= t.tag else "ham")
         assert line["action"] == expected
 
 

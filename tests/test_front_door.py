@@ -96,5 +96,5 @@ def test_classify_without_model_after_a_normal_pip_install(tmp_path: Path) -> No
     result = run(str(venv / "bin" / "filterd"), "classify", str(message), cwd=elsewhere, env=env)
     assert result.returncode == 0, result.stderr
     line = json.loads(result.stdout)
-    assert line["path"] == str(message) and line["action"] in ("pass", "tag", "reject")
+    assert line["path"] == str(message) and line["action"] in ("ham", "tagged", "rejected")
     assert 0.0 <= line["score"] <= 1.0

@@ -161,7 +161,7 @@ def test_over_max_bytes_is_relayed_unscored_and_over_max_message_size_refused(
         refused = swaks(path.postfix.smtp_port, huge, tmp_path, to="huge@example.com")
         assert refused.data_reply().startswith("552 5.3.4"), refused.transcript
         log = path.filterd.log()
-        assert "action=skipped" in log and "action=refused" in log
+        assert "action=skipped" in log and "action=too_big" in log
         assert "Traceback" not in log
     finally:
         path.filterd.restart(max_message_size=52428800, scoring={"max_bytes": 10485760})

@@ -13,11 +13,20 @@ import pytest
 from prometheus_client import REGISTRY
 
 from filterd.batcher import Batcher, runs_on_loop
-from filterd.verdict import Verdict, format_score, header_end, render, tag
+from filterd.verdict import Edits, Verdict, apply, format_score, header_end
 from filterd.frontends.smtp.relay import stuffed
 from tests.fixtures.clients import ours_and_rest
 
 SPAMMY = Verdict("Yes", 0.9731, 0.4, 0.95, "m-1")
+
+
+def render(verdict: Verdict) -> bytes:
+    """Our header block alone: the edits applied to an empty message."""
+    return apply(b"", Edits.of(verdict))
+
+
+def tag(message: bytes, verdict: Verdict, subject_prefix: str | None = None) -> bytes:
+    return apply(message, Edits.of(verdict, subject_prefix))
 
 
 @pytest.mark.parametrize(("message", "expected"), [
@@ -67,6 +76,7 @@ def test_tag_leaves_the_message_object_alone_when_nothing_is_forged() -> None:
     (b"Subject: offer\r\n\r\nb\r\n", b"Subject: [SPAM] offer\r\n\r\nb\r\n"),
     (b"subject:offer\r\n\r\nb\r\n", b"subject:[SPAM] offer\r\n\r\nb\r\n"),
     (b"Subject: [SPAM] offer\r\n\r\nb\r\n", b"Subject: [SPAM] offer\r\n\r\nb\r\n"),
+    (b"Subject:\toffer\r\n\r\nb\r\n", b"Subject:\t[SPAM] offer\r\n\r\nb\r\n"),
     (b"From: a\r\n\r\nb\r\n", b"Subject: [SPAM]\r\nFrom: a\r\n\r\nb\r\n"),
 ])
 def test_subject_prefix(message: bytes, expected: bytes) -> None:

@@ -35,9 +35,8 @@ from kilter.protocol.core import FilterProtocol
 from kilter.protocol.exceptions import UnexpectedMessage, UnknownMessage
 
 from filterd import verdict
-from filterd.pipeline import explain
 from filterd.frontends.milter_edits import edits
-from filterd.scan import Record, State, scan
+from filterd.scan import Outcome, Record, State, outcome, scan
 from filterd.frontends.listener import Conn, Listener
 from filterd import replies
 
@@ -207,7 +206,7 @@ class Session:
             msg.refused, msg.oversized = True, True
             msg.headers, msg.body = [], bytearray()
             record = Record("milter", self.conn.id, self.client, msg.mail_from, msg.rcpts, msg.size)
-            record.queue_id, record.action = msg.queue_id, "refused"
+            record.queue_id, record.action = msg.queue_id, "too_big"
             record.log(replies.S552_MESSAGE_TOO_BIG)
         return _reply(replies.S552_MESSAGE_TOO_BIG)
 
@@ -222,23 +221,16 @@ class Session:
 
     async def _verdict(self, state: State, msg: Message, record: Record) -> list[Any]:
         """The answers to end of message: header edits then Continue, or a reply code."""
-        if msg.oversized:
-            record.action = "skipped"
-            judged: verdict.Verdict | None = verdict.Verdict("Skipped")
-            why = None
+        if msg.oversized:   # its body was not kept: passed on unscored
+            done: Outcome = outcome(state, verdict.Verdict("Skipped"), record)
         else:
-            scanned = await scan(state, msg.raw(), record, explain=state.config.policy.report)
-            judged, why = scanned.verdict, scanned.explanation
-        if judged is None:
-            record.log(replies.S451_SCORING_FAILED)
-            return [_reply(replies.S451_SCORING_FAILED)]
-        if judged.rejected:
-            record.log(replies.S550_SPAM_REJECTED)
-            return [_reply(replies.S550_SPAM_REJECTED)]
+            done = await scan(state, msg.raw(), record, explain=state.config.policy.report)
+        if done.refusal is not None or done.edits is None:
+            refusal = done.refusal or replies.S451_SCORING_FAILED
+            record.log(refusal)
+            return [_reply(refusal)]
         record.log("continue")
-        report = explain.summary(why) if why is not None else None
-        changes = edits(msg.headers, judged, report, self.leading_space, state.config.policy.subject_prefix)
-        return [*changes, m.Continue()]
+        return [*edits(msg.headers, done.edits, self.leading_space), m.Continue()]
 
 
 def _reply(reply: replies.Reply) -> m.ReplyCode:

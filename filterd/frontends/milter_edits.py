@@ -18,34 +18,34 @@ first forged one down is deleted (by name and occurrence, the last first, since 
 renumbers the later headers of its name) and added back at the end in the same order,
 forged ones under their new name. The headers keep their order among themselves and
 below the MTA's own; only a header the MTA hid at the very end would end up above them.
-Our own headers go to the top (index 0 is the top in any count), and a Subject that only
-gets policy.subject_prefix is changed where it is.
+Our own headers go to the top (index 0 is the top in any count, and so is the index right
+below them), and a Subject that only gets policy.subject_prefix is changed where it is;
+flagged mail without a Subject gets one right below ours. Which headers are forged, and how the
+Subject is prefixed, are the proxy's rules (verdict.untrusted, verdict.prefixed): a message
+leaves filterd the same whichever way it came in.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from kilter.protocol import messages as m
 
 from filterd import verdict
 
-_FORGED = re.compile(r"X-Spam-(?!Untrusted-)", re.IGNORECASE)
-
 Header = tuple[str, bytes]     # name, value as the MTA sent it, with its leading space
 
 
-def edits(headers: list[Header], judged: verdict.Verdict, report: str | None,
-          leading_space: bool, subject_prefix: str | None = None) -> list[Any]:
-    """The edits for a message whose headers are `headers` (values with a leading space);
-    `leading_space`: the MTA takes values with it (SMFIP_HDR_LEADSPC), else without."""
+def edits(headers: list[Header], wanted: verdict.Edits, leading_space: bool) -> list[Any]:
+    """The milter's edits that make `wanted` on a message whose headers are `headers` (values
+    with a leading space); `leading_space`: the MTA takes values with it (SMFIP_HDR_LEADSPC),
+    else without."""
     def wire(value: bytes) -> bytes:
         value = value.replace(b"\r\n", b"\n")    # libmilter's line ends inside a value
         return value if leading_space else value[1:] if value[:1] == b" " else value
 
-    new = [(_renamed(name), value) for name, value in headers]
-    new, add_subject = _with_prefix(new, judged, subject_prefix)
+    new = [(verdict.untrusted(name), value) for name, value in headers]
+    new, add_subject = _with_prefix(new, wanted.subject_prefix)
     occurrence = _occurrences(headers)
     renamed = [i for i, ((old, _), (name, _)) in enumerate(zip(headers, new)) if old != name]
     first = renamed[0] if renamed else len(headers)
@@ -53,17 +53,13 @@ def edits(headers: list[Header], judged: verdict.Verdict, report: str | None,
                       for i, (name, value) in enumerate(new[:first]) if value != headers[i][1]]
     out += [m.ChangeHeader(occurrence[i], headers[i][0], b"") for i in reversed(range(first, len(headers)))]
     out += [m.AddHeader(name, wire(value)) for name, value in new[first:]]
-    if add_subject is not None:
-        out.append(m.AddHeader("Subject", wire(add_subject)))
-    for index, (name, text) in enumerate(verdict.headers(judged, report)):
+    for index, (name, text) in enumerate(wanted.ours):
         # Folded lines (X-Spam-Report) end in a bare LF inside a milter header value, as
         # libmilter's smfi_insheader wants; the MTA writes its own line ends.
         out.append(m.InsertHeader(index, name, wire(b" " + text.encode("ascii"))))
+    if add_subject is not None:   # right below ours, where the proxy puts it
+        out.append(m.InsertHeader(len(wanted.ours), "Subject", wire(add_subject)))
     return out
-
-
-def _renamed(name: str) -> str:
-    return "X-Spam-Untrusted-" + name[len("X-Spam-"):] if _FORGED.match(name) else name
 
 
 def _occurrences(headers: list[Header]) -> list[int]:
@@ -76,17 +72,12 @@ def _occurrences(headers: list[Header]) -> list[int]:
     return out
 
 
-def _with_prefix(headers: list[Header], judged: verdict.Verdict,
-                 prefix: str | None) -> tuple[list[Header], bytes | None]:
-    """policy.subject_prefix on flagged mail, as the proxy does (verdict.tag): the headers
-    with the first Subject prefixed, or the Subject to add when there is none."""
-    if not prefix or not judged.flagged:
+def _with_prefix(headers: list[Header], prefix: bytes | None) -> tuple[list[Header], bytes | None]:
+    """The headers with the first Subject prefixed, or the Subject to add when there is none."""
+    if not prefix:
         return headers, None
-    raw = prefix.encode()
     for i, (name, value) in enumerate(headers):
         if name.lower() == "subject":
-            text = value[1:] if value[:1] == b" " else value
-            if text.startswith(raw):
-                return headers, None
-            return [*headers[:i], (name, b" " + raw + text), *headers[i + 1:]], None
-    return headers, b" " + raw.rstrip()
+            new = verdict.prefixed(value, prefix)
+            return (headers, None) if new is None else ([*headers[:i], (name, new), *headers[i + 1:]], None)
+    return headers, verdict.added_subject(prefix)

@@ -37,7 +37,7 @@ import math
 from filterd import verdict
 from filterd.learning import LearningError
 from filterd.pipeline import explain
-from filterd.scan import Record, State, scan
+from filterd.scan import Outcome, Record, State, scan
 from filterd.frontends.listener import Conn, Listener
 from filterd.frontends.spamd_protocol import (EX_TEMPFAIL, EX_TIMEOUT, PONG, Request, SpamdError,
                                     answer, bad_header, read_body, read_request, spam_line,
@@ -160,37 +160,35 @@ async def _answer(state: State, conn: Conn, request: Request, data: bytes) -> by
     verb = request.verb
     record = Record("spamd", conn.id, conn.peer, size=len(data), user=request.user)
     want_reasons = verb in ("SYMBOLS", "REPORT", "REPORT_IFSPAM") or state.config.policy.report
-    scanned = await scan(state, data, record, explain=want_reasons)
-    judged = scanned.verdict
-    if judged is None:
+    outcome = await scan(state, data, record, explain=want_reasons)
+    judged = outcome.verdict
+    if judged is None or outcome.edits is None:
         error = SpamdError(EX_TEMPFAIL, "Message could not be scanned, try again later")
         record.log(error.text)
         return error.line()
     manifest = verdict.Policy(state.batcher.scorer.thresholds.tag, state.batcher.scorer.thresholds.reject)
     value = points(judged.score, state.policy, manifest) if judged.score is not None else 0.0
     spam = spam_line(request, judged.flagged, _shown(value), f"{required(state.policy):.1f}")
-    body = _body(request, state, judged, scanned.explanation, data, value)
+    body = _body(request, state, outcome, data, value)
     record.log(spam)
     return answer(request, spam, body)
 
 
-def _body(request: Request, state: State, judged: verdict.Verdict, why: explain.Explanation | None,
-          data: bytes, value: float) -> bytes | None:
-    verb = request.verb
+def _body(request: Request, state: State, outcome: Outcome, data: bytes, value: float) -> bytes | None:
+    verb, why = request.verb, outcome.explanation
+    assert outcome.verdict is not None and outcome.edits is not None   # _answer said tempfail
     if verb == "CHECK":
         return None
     if verb == "SYMBOLS":
         names = ",".join(explain.symbols(why) if why else []).encode()
         return names if request.at_least(1, 3) else names + b"\r\n"   # as spamd does
     if verb in ("REPORT", "REPORT_IFSPAM"):
-        if verb == "REPORT_IFSPAM" and not judged.flagged:
+        if verb == "REPORT_IFSPAM" and not outcome.verdict.flagged:
             return b""
-        return report(judged, why, value, required(state.policy)).encode("utf-8")
-    config = state.config
-    summary = explain.summary(why) if why and config.policy.report else None
+        return report(outcome.verdict, why, value, required(state.policy)).encode("utf-8")
     # An mbox "From " line stays first, our headers after it, as SpamAssassin keeps it.
     mbox = data[: data.index(b"\n") + 1] if data.startswith(b"From ") and b"\n" in data else b""
-    tagged = mbox + verdict.tag(data[len(mbox):], judged, config.policy.subject_prefix, summary)
+    tagged = mbox + verdict.apply(data[len(mbox):], outcome.edits)
     if verb == "HEADERS":
         return tagged[: len(mbox) + verdict.header_end(tagged[len(mbox):])] + b"\r\n"
     return tagged    # PROCESS

@@ -22,7 +22,6 @@ from typing import Any
 from aiosmtpd.smtp import MISSING
 
 from filterd import verdict
-from filterd.pipeline import explain
 from filterd.scan import Record, State, scan
 from filterd import metrics
 from filterd import replies
@@ -130,16 +129,11 @@ class FilterHandler:
 
     async def _deliver(self, state: State, txn: Any, data: bytes, record: Record) -> Reply:
         config = state.config
-        scanned = await scan(state, data, record, explain=config.policy.report)
-        judged = scanned.verdict
-        if judged is None:
-            await txn.abort()
-            return replies.S451_SCORING_FAILED
-        if judged.rejected:
-            await txn.abort()
-            return replies.S550_SPAM_REJECTED   # before-queue: all recipients or none
-        report = explain.summary(scanned.explanation) if scanned.explanation else None
-        head, body_start = verdict.tag_parts(data, judged, config.policy.subject_prefix, report)
+        outcome = await scan(state, data, record, explain=config.policy.report)
+        if outcome.refusal is not None or outcome.edits is None:
+            await txn.abort()   # before-queue, a 550 refuses all recipients or none
+            return outcome.refusal or replies.S451_SCORING_FAILED
+        head, body_start = verdict.apply_parts(data, outcome.edits)
         start = time.perf_counter()
         try:
             async with asyncio.timeout(config.timeouts.next_hop):
