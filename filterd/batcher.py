@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, NamedTuple
 
 from filterd import metrics
 
@@ -36,6 +36,17 @@ def runs_on_loop(run_on: str, scorer: Any) -> bool:
     return run_on == "loop"
 
 
+class Scored(NamedTuple):
+    """One message's result from its batch: the probability and, when an explanation was
+    asked for, what it needs (the whole network's logit without a user's own term, and the
+    prepared message with its n-gram text), so that explaining runs neither the text
+    pipeline nor the model again."""
+
+    probability: float
+    logit: float = 0.0
+    prepared: Any = None      # pipeline.text.Prepared (keep_wide), or None
+
+
 class Batcher:
     """`await batcher.score(raw)` → spam probability; batches run on the loop or in `executor`
     (which also runs explanations: scan.py)."""
@@ -47,7 +58,7 @@ class Batcher:
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.executor = executor
-        self._pending: list[tuple[bytes, asyncio.Future[float], str | None]] = []
+        self._pending: list[tuple[bytes, asyncio.Future[Scored], str | None, bool]] = []
         # learning.per_user: a user's own term of the logit (learning/teacher.py), or None
         self.adjust: Callable[[str | None, Any], float] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -63,16 +74,20 @@ class Batcher:
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, []
-        for _, fut, _user in pending:
+        for _, fut, _user, _why in pending:
             if not fut.done():
                 fut.set_exception(RuntimeError("scoring stopped"))
 
     async def score(self, raw: bytes, user: str | None = None) -> float:
         """`user`: whose scan this is (spamd `User:`), for their own lessons (per_user)."""
+        return (await self.scored(raw, user)).probability
+
+    async def scored(self, raw: bytes, user: str | None = None, explain: bool = False) -> Scored:
+        """The message's Scored; `explain`: keep what an explanation needs."""
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
-        fut: asyncio.Future[float] = loop.create_future()
-        self._pending.append((raw, fut, user))
+        fut: asyncio.Future[Scored] = loop.create_future()
+        self._pending.append((raw, fut, user, explain))
         if not self._running:
             if len(self._pending) >= self.max_batch or self.max_wait == 0:
                 self._flush()
@@ -90,35 +105,38 @@ class Batcher:
             return
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
         assert self._loop is not None
-        raws, futures = [raw for raw, _, _ in batch], [fut for _, fut, _ in batch]
-        users = [user for _, _, user in batch]
+        raws, futures = [item[0] for item in batch], [item[1] for item in batch]
+        users, explains = [item[2] for item in batch], [item[3] for item in batch]
         if self.on_loop:
             try:
-                results = self._run(raws, users)
+                results = self._run(raws, users, explains)
             except Exception as exc:  # noqa: BLE001 - the batch's callers get the error
                 self._finish(futures, [], exc)
             else:
                 self._finish(futures, results, None)
             return
         self._running = True
-        job = self._loop.run_in_executor(self.executor, self._run, raws, users)
+        job = self._loop.run_in_executor(self.executor, self._run, raws, users, explains)
         job.add_done_callback(lambda done: self._done(done, futures))
 
-    def _run(self, raws: list[bytes], users: list[str | None]) -> list[float]:
+    def _run(self, raws: list[bytes], users: list[str | None], explains: list[bool]) -> list[Scored]:
         # On the loop, or in a worker thread (onnxruntime releases the GIL while it computes).
-        prepared = [self.scorer.prepare(raw) for raw in raws]
-        if self.adjust is None or not any(users):
-            return list(self.scorer.infer(prepared))
-        logits = self.scorer.infer_logits(prepared)[:, 0]      # and each user's own term
-        logits += [self.adjust(user, p) for user, p in zip(users, prepared)]
-        return [1.0 / (1.0 + math.exp(-min(max(x, -80.0), 80.0))) for x in logits.tolist()]
+        prepared = [self.scorer.prepare(raw, keep_wide=True) if why else self.scorer.prepare(raw)
+                    for raw, why in zip(raws, explains)]
+        adjust = self.adjust if self.adjust is not None and any(users) else None
+        if adjust is None and not any(explains):
+            return [Scored(p) for p in self.scorer.infer(prepared)]
+        site = self.scorer.infer_logits(prepared)[:, 0]
+        logits = site + [adjust(user, p) for user, p in zip(users, prepared)] if adjust else site
+        return [Scored(1.0 / (1.0 + math.exp(-min(max(x, -80.0), 80.0))), float(s), p if why else None)
+                for x, s, p, why in zip(logits.tolist(), site.tolist(), prepared, explains)]
 
-    def _done(self, job: asyncio.Future[list[float]], futures: list[asyncio.Future[float]]) -> None:
+    def _done(self, job: asyncio.Future[list[Scored]], futures: list[asyncio.Future[Scored]]) -> None:
         self._running = False
         error = job.exception() if not job.cancelled() else asyncio.CancelledError()
         self._finish(futures, [] if error is not None else job.result(), error)
 
-    def _finish(self, futures: list[asyncio.Future[float]], results: list[float],
+    def _finish(self, futures: list[asyncio.Future[Scored]], results: list[Scored],
                 error: BaseException | None) -> None:
         metrics.BATCH_SIZE.observe(len(futures))
         for i, fut in enumerate(futures):
@@ -127,7 +145,7 @@ class Batcher:
             if error is not None:
                 fut.set_exception(error)
             else:
-                fut.set_result(float(results[i]))
+                fut.set_result(results[i])
         if self._pending and self._timer is None:
             # Whatever arrived while this batch ran has waited long enough: go now (on the
             # loop, after the I/O that is ready, so that a backlog is not one long stall).

@@ -28,6 +28,9 @@ MESSAGES = Counter(
 )  # frontend: smtp | milter | spamd
 # action: verdict.Action (ham | tagged | rejected | skipped | not_mail | unscored | tempfail |
 # relay_failed | too_big)
+PIPELINE_ERRORS = Counter(
+    "filterd_pipeline_errors", "Messages the text pipeline failed on (scored from <broken> tokens)"
+)
 SCORE = Histogram("filterd_score", "Spam probability of scored messages", buckets=_SCORE_BUCKETS)
 SCORING_SECONDS = Histogram(
     "filterd_scoring_seconds", "Time to score one message (prepare + batched inference)",

@@ -154,17 +154,18 @@ async def scan(state: State, data: bytes, record: Record, *, explain: bool = Fal
 async def _score(batcher: Any, data: bytes, explain: bool,
                  user: str | None = None) -> tuple[float, explaining.Explanation | None]:
     """The score through the batcher (with the user's own lessons, learning.per_user); the
-    reasons, when asked, in the same executor (they need the text pipeline and one more
-    inference: never on the loop)."""
-    score = await batcher.score(data, user) if user is not None else await batcher.score(data)
-    if not explain:
-        return score, None
+    reasons, when asked, from the batch's own work (its prepared message and logit), in the
+    batcher's executor: never on the loop."""
+    scored = await batcher.scored(data, user, explain)
+    if not explain or scored.prepared is None:
+        return scored.probability, None
     from filterd.pipeline import explain as explaining
 
     loop = asyncio.get_running_loop()
     try:
-        why = await loop.run_in_executor(batcher.executor, explaining.explain, batcher.scorer, data)
+        why = await loop.run_in_executor(batcher.executor, explaining.explain_prepared,
+                                         batcher.scorer, scored.prepared, scored.logit)
     except Exception:   # the score stands; only its reasons are missing
         log.exception("explaining a score failed")
-        return score, None
-    return score, why
+        return scored.probability, None
+    return scored.probability, why

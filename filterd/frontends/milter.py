@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,12 +100,21 @@ class Session:
                 return
             buf = SimpleBuffer(len(packet))
             buf[:] = packet
-            try:
-                for event in self.proto.read_from(buf):
-                    if await self._handle(event) is False:
-                        return
-            except _BAD_PACKET as exc:
-                raise MilterError(f"malformed or unexpected packet: {exc!r}") from None
+            events = self.proto.read_from(buf)   # decodes lazily: one event per next()
+            while (event := self._decode(events)) is not None:
+                # Handled outside _decode's try: an error of filterd's own here (scan, the
+                # answers) is not the MTA's packet, and goes up with its traceback.
+                if await self._handle(event) is False:
+                    return
+
+    @staticmethod
+    def _decode(events: Iterator[Any]) -> Any:
+        """The next event of a packet (None when it holds no more); MilterError when kilter
+        cannot decode it or it may not come now (the conversation's order)."""
+        try:
+            return next(events, None)
+        except _BAD_PACKET as exc:
+            raise MilterError(f"malformed or unexpected packet: {exc!r}") from None
 
     async def _packet(self) -> bytes | None:
         """One length-prefixed packet (None at a clean end of stream), bounded."""

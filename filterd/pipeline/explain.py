@@ -15,9 +15,10 @@ Each listed bucket is named by the first span of the message that hashed to it
 rather than a bucket number. Collisions are possible (2**20 buckets); the name is the
 span in *this* message, which is what matters for it.
 
-This costs one more pass of the text pipeline and one inference for the explained
-message, so front-ends only ask for it when the answer is shown (policy.report, spamd
-SYMBOLS/REPORT, `classify --explain`).
+In the daemon this costs no more text pipeline and no more inference: the batch that
+scores the message keeps its prepared form and logit (batcher.Scored) and
+`explain_prepared` works from those. Front-ends still only ask for it when the answer is
+shown (policy.report, spamd SYMBOLS/REPORT); `classify --explain` calls `explain`.
 """
 
 from __future__ import annotations
@@ -72,13 +73,18 @@ def top(values: np.ndarray, k: int) -> np.ndarray:
 
 def explain(scorer: Any, raw: bytes, k: int = TOP_K) -> Explanation:
     """Score `raw` and say why. Runs the text pipeline and the model: call it in an executor."""
-    prepared = scorer.prepare(raw)
-    logit = float(scorer.infer_logits([prepared])[0, 0])
+    prepared = scorer.prepare(raw, keep_wide=True)
+    return explain_prepared(scorer, prepared, float(scorer.infer_logits([prepared])[0, 0]), k)
+
+
+def explain_prepared(scorer: Any, prepared: text.Prepared, logit: float, k: int = TOP_K) -> Explanation:
+    """Why a message prepared with `keep_wide` got the whole-network `logit`: neither the
+    text pipeline nor the model runs again (the daemon's scan hands over its batch's work)."""
     contrib = contributions(scorer, prepared)
     if not prepared.feat_w.any():   # an empty message: featurize's one placeholder feature
         contrib = np.zeros(0)
     picked = top(contrib, k)
-    names = _names(scorer, raw, prepared, picked)
+    names = _names(scorer, prepared, picked)
     reasons = tuple(Reason(kind, name, float(contrib[i]))
                     for i, (kind, name) in zip(picked.tolist(), names))
     listed = float(contrib[picked].sum()) if picked.size else 0.0
@@ -86,17 +92,17 @@ def explain(scorer: Any, raw: bytes, k: int = TOP_K) -> Explanation:
     return Explanation(logit, logit - total, total - listed, reasons)
 
 
-def _names(scorer: Any, raw: bytes, prepared: text.Prepared,
-           picked: np.ndarray) -> list[tuple[str, str]]:
-    """(kind, span) of the picked features, by re-deriving featurize's key order."""
+def _names(scorer: Any, prepared: text.Prepared, picked: np.ndarray) -> list[tuple[str, str]]:
+    """(kind, span) of the picked features, by re-deriving featurize's key order from the
+    message's n-gram text (prepared.wide)."""
     if picked.size == 0:
         return []
-    data = text.analyze(raw, scorer.max_tokens).wide
+    data = prepared.wide
     words, chars = features.hash_ngrams(data, scorer.scheme)
     # featurize sorts distinct keys, words first (< BUCKETS), then chars (+ BUCKETS): the same
     # order its ids come out in, so position i of feat_ids is a word iff keys[i] < BUCKETS.
     keys = np.unique(np.concatenate((words, chars + features.BUCKETS)))
-    if keys.size != prepared.feat_ids.size:   # cannot happen unless featurize changes
+    if keys.size != prepared.feat_ids.size:   # prepared without keep_wide, or featurize changed
         return [("feature", f"#{b}") for b in prepared.feat_ids[picked].tolist()]
     is_word = keys[picked] < features.BUCKETS
     buckets = prepared.feat_ids[picked]

@@ -113,9 +113,10 @@ class Scorer:
                  "with numpy (the C extension is not built: a compiler at install time makes it)")
         return scorer
 
-    def prepare(self, raw: bytes) -> Prepared:
-        """Text pipeline only: pure CPU, thread-safe, never raises on bad mail."""
-        return text.prepare(raw, self.vocab, self.idf, self.max_tokens, self.scheme)
+    def prepare(self, raw: bytes, keep_wide: bool = False) -> Prepared:
+        """Text pipeline only: pure CPU, thread-safe, never raises on bad mail. `keep_wide`:
+        keep the n-gram text, for an explanation (explain.explain_prepared)."""
+        return text.prepare(raw, self.vocab, self.idf, self.max_tokens, self.scheme, keep_wide)
 
     def infer(self, batch: Sequence[Prepared]) -> list[float]:
         """Spam probabilities of prepared messages, any batch size."""

@@ -15,13 +15,17 @@ from __future__ import annotations
 import binascii
 import codecs
 import html
+import logging
 import re
 from typing import NamedTuple
 
 import numpy as np
 
+from filterd import metrics
 from filterd.pipeline.features import featurize
 from filterd.pipeline.vocab import Vocab
+
+log = logging.getLogger(__name__)
 
 PIPELINE_VERSION = 1        # bump when tokens change; the manifest records it, the scorer checks it
 
@@ -89,10 +93,18 @@ class _Part(NamedTuple):
 
 
 def analyze(raw: bytes, max_tokens: int = DEFAULT_MAX_TOKENS) -> Analysis:
-    """Tokens and feature bytes of one raw message. Never raises on malformed input."""
+    """Tokens and feature bytes of one raw message. Never raises on malformed input: an
+    exception in the pipeline (a bug, since malformed mail is handled) costs the message
+    its tokens, which become `<broken>, <exception name>`, and is logged with its
+    traceback and counted (filterd_pipeline_errors_total), so that a parser regression
+    cannot lower scores silently. Each message is analyzed once (Prepared.wide keeps what
+    an explanation needs), so this is one line per message."""
     try:
         return _analyze(raw, max_tokens)
     except Exception as exc:  # noqa: BLE001 - a broken message must cost its score, not the daemon
+        log.warning("text pipeline failed on a message of %d bytes; scored from <broken> tokens",
+                    len(raw), exc_info=True)
+        metrics.PIPELINE_ERRORS.inc()
         return Analysis(["<broken>", type(exc).__name__.lower()], bytes(raw[:WIDE_CAP]).lower())
 
 
@@ -343,12 +355,13 @@ class Prepared(NamedTuple):
     ids: np.ndarray         # (tokens,) int64 vocabulary ids, at least one
     feat_ids: np.ndarray    # (k,) int64 hashed n-gram buckets
     feat_w: np.ndarray      # (k,) float32 their weights
+    wide: bytes = b""       # Analysis.wide, kept (keep_wide) only for an explanation to name features
 
 
 def prepare(raw: bytes, vocab: Vocab, idf: np.ndarray, max_tokens: int,
-            scheme: str = "char_wb") -> Prepared:
+            scheme: str = "char_wb", keep_wide: bool = False) -> Prepared:
     """Raw message → ids and weighted features: the path both training and serving take."""
     analysis = analyze(raw, max_tokens)
     ids = vocab.encode(analysis.tokens or ["<body>"])
     feat_ids, feat_w = featurize(analysis.wide, idf, scheme)
-    return Prepared(ids, feat_ids, feat_w)
+    return Prepared(ids, feat_ids, feat_w, analysis.wide if keep_wide else b"")
