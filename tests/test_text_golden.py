@@ -114,7 +114,7 @@ def _digests(raws: Iterator[bytes]) -> tuple[dict[str, str], dict[str, str], str
             continue
         if vocab is None:
             vocab = Vocab.build(first, 4000, min_count=1)
-        _update(h["ids_128"], *text.prepare(raw, vocab, idf, 128))
+        _update(h["ids_128"], *text.prepare(raw, vocab, idf, 128)[:3])   # ids, feat_ids, feat_w
         if i % 4 == 0:
             _tokens(h["tokens_4096"], text.analyze(raw, 4096).tokens)
         if i % 5 == 0:
