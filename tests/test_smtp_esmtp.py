@@ -245,6 +245,7 @@ class BrokenScorer:
     def __init__(self, real: Any) -> None:
         self.version, self.thresholds, self.prepare = real.version, real.thresholds, real.prepare
         self.provider = real.provider
+        self.manifest, self.wide_weights = real.manifest, real.wide_weights   # what learning reads
 
     def infer(self, batch: Any) -> list[float]:
         raise RuntimeError("injected inference failure")
