@@ -228,3 +228,19 @@ def test_check_config_says_what_the_store_holds(tmp_path: Path, spam: list[bytes
     assert check() == f"learning store {tmp_path / 'store'}: 1 lesson(s), 1 made on this model"
     (tmp_path / "store" / "journal").write_bytes(b"not a journal line 00000000\n")
     assert "refused" in check()
+
+
+def test_learn_as_root_leaves_the_store_to_the_user_filterd_runs_as(tmp_path: Path,
+                                                                   spam: list[bytes]) -> None:
+    if os.geteuid() != 0:
+        missing("only root can give files away")
+    state = tmp_path / "state"                  # the unit's StateDirectory, owned by filterd's user
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+    config = tmp_path / "filterd.yaml"
+    config.write_text(f"learning: {{store: {state / 'learning'}}}\n"
+                      f"model: {{path: {REPO / 'model_artifacts'}, device: cpu}}\n")
+    (tmp_path / "m.eml").write_bytes(spam[6])
+    assert learn(config, "--spam", str(tmp_path / "m.eml")).returncode == 0
+    made = [state / "learning", *(state / "learning").rglob("*")]
+    assert len(made) == 5 and {p.stat().st_uid for p in made} == {65534}, made

@@ -33,8 +33,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _own(path: Path, root: Path) -> None:
-    """Run as root (`filterd learn` by hand), give what we create to the store's owner, the
-    user filterd runs as, who must be able to write it too."""
+    """Run as root (`filterd learn` by hand), give what we create to the owner of `root`
+    (the store, or the folder it is made in), the user filterd runs as, who must be able
+    to write it too."""
     if os.geteuid() == 0:
         st = os.stat(root)
         os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
@@ -57,7 +58,9 @@ class DirStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Exclusive across processes: append and compact hold it. Creates the store."""
-        self.root.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            self.root.mkdir(mode=0o750, parents=True, exist_ok=True)
+            _own(self.root, self.root.parent)   # e.g. the unit's StateDirectory's user
         fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o640)
         try:
             _own(self.root / "lock", self.root)
