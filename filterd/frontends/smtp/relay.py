@@ -151,7 +151,9 @@ class Transaction:
             if pending >= _CHUNK:
                 pending = 0
                 # aiosmtplib's flow-control wait (StreamWriter.drain's own helper): returns
-                # at once unless the transport asked us to pause.
+                # at once unless the transport asked us to pause. A private name, with
+                # proto.write and read_response: aiosmtplib is pinned exactly
+                # (pyproject.toml) and tests/test_pins.py checks they are there.
                 await proto._drain_helper()
 
     async def abort(self) -> None:

@@ -3,8 +3,10 @@
 aiosmtpd owns the protocol; this subclass only fills the gaps below, each small. Where
 aiosmtpd has no hook for what we need, we override its method and say so ("aiosmtpd has
 no hook"): `_create_session`, `_handle_client` (before the greeting), `connection_lost`,
-`_timeout_cb` and `_getaddr` are aiosmtpd internals, pinned by the version in
-pyproject.toml and covered by the end-to-end tests. The handler sees only aiosmtpd hooks;
+`_timeout_cb` and `_getaddr` are aiosmtpd internals, as are the stream reader's buffer
+(`_next_command_waiting`) and the steps smtp_DATA is rebuilt on: aiosmtpd is pinned
+exactly in pyproject.toml, tests/test_pins.py fails when a name we use is gone or
+aiosmtpd's smtp_DATA changed, and the end-to-end tests cover the behaviour. The handler sees only aiosmtpd hooks;
 connection-level rules live in gate.py, which this class calls.
 
 * XFORWARD (Postfix XFORWARD_README) is a command aiosmtpd does not know;
