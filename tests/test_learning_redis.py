@@ -107,3 +107,29 @@ def test_two_instances_share_lessons_and_outlive_a_redis_outage(
     for host in hosts:
         problems = [p for p in host.problems() if "unreachable" not in p and "TELL not recorded" not in p]
         assert problems == [], problems
+
+
+def test_a_compacted_redis_journal_gives_every_reader_the_same_bits(
+        redis_server: RedisServer, corpus_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from filterd.learning import learner as learning
+    from filterd.learning.learner import Learner
+    from filterd.learning.redisstore import RedisStore
+    from filterd.pipeline.scorer import Scorer
+    from tests.fixtures.lifecycle import shipped_model
+
+    mail = corpus_messages(corpus_dir, "spam", 6)
+    first, second = (Scorer.load(shipped_model(), device="cpu") for _ in range(2))
+    writer, reader = Learner(RedisStore(redis_server.url), first), Learner(RedisStore(redis_server.url), second)
+    for raw in mail:
+        writer.learn(raw, "ham")
+    reader.poll()
+    monkeypatch.setattr(learning, "COMPACT_SLACK", 0)
+    for raw in mail[:4]:                       # churn until the journal is rewritten
+        writer.forget(raw)
+        writer.learn(raw, "spam")
+    assert writer.store.client.get("filterd:learning:generation") is not None
+    assert writer.store.client.llen("filterd:learning:journal") <= 2 * len(writer.lessons) + 2
+    assert len(writer.store.client.keys("filterd:learning:message:*")) == len(writer.lessons)
+    reader.poll()
+    assert first.wide_weights.tobytes() == second.wide_weights.tobytes()
+    assert reader.lessons == writer.lessons
