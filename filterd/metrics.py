@@ -42,6 +42,9 @@ RELAY_SECONDS = Histogram(
 BATCH_SIZE = Histogram(
     "filterd_batch_size", "Messages per onnxruntime call", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
 )
+LESSONS = Counter(
+    "filterd_lessons", "Lessons asked for (spamd TELL), by what came of them", ["result"]
+)  # result: learned | already_learned | forgotten | not_learned | failed
 NEXT_HOP_ERRORS = Counter(
     "filterd_next_hop_errors", "Next-hop failures, by kind", ["kind"]
 )  # kind: connect | timeout | tempfail | permfail | protocol

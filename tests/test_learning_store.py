@@ -8,10 +8,12 @@ Each worker's score is read over the spamd listener (tests/fixtures/learning.py)
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,9 @@ def serve(daemon_factory: Any, store: Path, workers: int = 2) -> tuple[Any, int]
 def test_spamc_tell_teaches_every_worker_within_a_second(daemon_factory: Any, tmp_path: Path,
                                                         spam: list[bytes]) -> None:
     require_spamc()
-    daemon, port = serve(daemon_factory, tmp_path / "store")
+    daemon = daemon_factory(workers=2, spamd={"listen": "127.0.0.1:0", "allow_tell": True},
+                            learning={"store": str(tmp_path / "store")}, metrics="127.0.0.1:0")
+    port = spamd_port(daemon)
     message = spam[5]
     before = points_everywhere(port, message)
     assert len(before) == 1 and min(before) >= 5.0, before
@@ -56,6 +60,10 @@ def test_spamc_tell_teaches_every_worker_within_a_second(daemon_factory: Any, tm
     wait_until(lambda: points_everywhere(port, message, 8) == before, 1.0, "the lesson to be undone")
     assert spamc_learn(port, message, "forget") == Spamc(0, b"Message was already un/learned\n")
     assert (tmp_path / "store" / "journal").read_bytes().count(b"\n") == 2    # learn, forget
+    exposed = urllib.request.urlopen(f"http://127.0.0.1:{daemon.metrics_port}/metrics").read().decode()
+    counted = dict(re.findall(r'^filterd_lessons_total\{result="(\w+)"\} (\S+)$', exposed, re.M))
+    assert counted == {"learned": "1.0", "already_learned": "1.0", "forgotten": "1.0",
+                       "not_learned": "1.0"}, counted
     assert daemon.problems() == []
 
 

@@ -16,6 +16,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from filterd import metrics
 from filterd.config import LearningConfig
 from filterd.learning import Label, LearningError
 from filterd.learning.learner import Learner
@@ -85,13 +86,23 @@ class Learning:
 
     async def learn(self, raw: bytes, label: Label, user: str | None = None) -> bool:
         assert self.learner is not None
-        async with self._slots:
-            return bool(await self._run(self.learner.learn, bytes(raw), label, user))
+        return await self._counted(("learned", "already_learned"), self.learner.learn,
+                                   bytes(raw), label, user)
 
     async def forget(self, raw: bytes, user: str | None = None) -> bool:
         assert self.learner is not None
+        return await self._counted(("forgotten", "not_learned"), self.learner.forget, bytes(raw), user)
+
+    async def _counted(self, results: tuple[str, str], fn: Any, *args: Any) -> bool:
+        """Run a lesson on the learning thread, counted in filterd_lessons_total{result}."""
         async with self._slots:
-            return bool(await self._run(self.learner.forget, bytes(raw), user))
+            try:
+                changed = bool(await self._run(fn, *args))
+            except LearningError:
+                metrics.LESSONS.labels("failed").inc()
+                raise
+        metrics.LESSONS.labels(results[0] if changed else results[1]).inc()
+        return changed
 
     def adjustment(self, user: str | None, prepared: Any) -> float:
         """A user's own term of the logit of one prepared message (on the event loop: a
