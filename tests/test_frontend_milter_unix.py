@@ -11,6 +11,7 @@ from __future__ import annotations
 import grp
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
@@ -78,7 +79,27 @@ def test_socket_is_0660_in_the_directory_group_and_others_cannot_connect(
 def test_stop_removes_the_socket_and_start_replaces_a_stale_one(path: MailPath, socket_dir: Path) -> None:
     assert path.filterd is not None
     path.filterd.stop()
-    assert not (socket_dir / "milter.sock").exists()
-    (socket_dir / "milter.sock").write_bytes(b"")     # a stale file where the socket goes
+    where = socket_dir / "milter.sock"
+    assert not where.exists()
+    stale = socket.socket(socket.AF_UNIX)   # a socket left behind, as after a SIGKILL
+    stale.bind(str(where))
+    stale.close()
     path.filterd.start()
-    assert stat.S_ISSOCK((socket_dir / "milter.sock").stat().st_mode)
+    assert stat.S_ISSOCK(where.stat().st_mode)
+
+
+def test_a_file_that_is_not_a_socket_is_kept_and_filterd_says_why(path: MailPath, socket_dir: Path) -> None:
+    assert path.filterd is not None
+    path.filterd.stop()
+    where = socket_dir / "milter.sock"
+    where.write_bytes(b"someone's file\n")
+    try:
+        path.filterd.start(wait=False)
+        assert path.filterd.wait(60) == 1
+        assert where.read_bytes() == b"someone's file\n"
+        said = [line for line in path.filterd.log().splitlines() if "is not a socket" in line]
+        assert len(said) == 1 and f"cannot listen on unix:{where}" in said[0], said
+    finally:
+        path.filterd.stop()
+        where.unlink()
+        path.filterd.start()

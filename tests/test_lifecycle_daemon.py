@@ -314,14 +314,19 @@ def _reply(replies: BinaryIO) -> bytes:
 
 @pytest.mark.parametrize("key", ["listen", "spamd"])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_address_in_use_one_error_line(make: Callable[..., Daemon], key: str, workers: int) -> None:
-    """A listening address another program holds stops filterd with one line naming it."""
+def test_address_in_use_one_error_line(make: Callable[..., Daemon], key: str, workers: int,
+                                       tmp_path: Path) -> None:
+    """A listening address another program holds stops filterd with one line naming it,
+    leaving nothing behind (the supervisor's metrics directory in $TMPDIR included)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     with socket.create_server(("127.0.0.1", 0)) as taken:
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         value: object = address if key == "listen" else {"listen": address}
         daemon = make(workers=workers, **{key: value})
-        daemon.start(wait=False)
+        daemon.start(wait=False, env={"TMPDIR": str(tmp)})
         assert daemon.wait() != 0
+    assert list(tmp.glob("filterd-*")) == []
     errors = [line for line in daemon.log().splitlines() if " ERROR " in line]
     assert len(errors) == 1 and f"cannot listen on {address}" in errors[0], daemon.log()
     assert f"Address already in use, by pid {os.getpid()} (" in errors[0]   # this test holds it

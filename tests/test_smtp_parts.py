@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import smtplib
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -208,3 +210,24 @@ def test_batches_run_on_the_loop_on_cpu_and_in_a_thread_on_cuda() -> None:
 
     assert runs_on_loop("auto", OnCpu()) and not runs_on_loop("auto", OnCuda())
     assert runs_on_loop("loop", OnCuda()) and not runs_on_loop("thread", OnCpu())
+
+
+def test_greeting_name_is_looked_up_off_the_loop_at_start_and_reload(
+        make_filterd: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hostname: null asks socket.getfqdn, which may wait on DNS: never on the event loop."""
+    real, threads = socket.getfqdn, []
+
+    def recording(name: str = "") -> str:
+        threads.append(threading.current_thread())
+        return real(name)
+
+    monkeypatch.setattr(socket, "getfqdn", recording)
+    fd = make_filterd()                              # writes filterd0.yaml, hostname: null
+    fd.daemon.config_path = str(tmp_path / "filterd0.yaml")
+    fd.run(fd.daemon.reload())
+    loop_thread = fd.run(_current_thread())
+    assert len(threads) == 2 and loop_thread not in threads, (threads, loop_thread)
+
+
+async def _current_thread() -> threading.Thread:
+    return threading.current_thread()

@@ -41,7 +41,7 @@ from filterd.service.reports import Failed, Ready, Refused, Reloaded, Report
 from filterd.frontends.smtp.gate import Gate
 from filterd.frontends.smtp.handler import FilterHandler
 from filterd.frontends.smtp.relay import Relay
-from filterd.frontends.smtp.smtpd import smtp_factory
+from filterd.frontends.smtp.smtpd import greeting, smtp_factory
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,13 @@ class Daemon:
                 self.teacher = self.teacher or self.learning    # what spamd TELL teaches
             self.batcher = await self._start_batcher(self.config, scorer)
             stack.push_async_callback(lambda: self.batcher.stop())
-            relay = self.relay = Relay(self.config)   # connects on demand
+            hostname = await greeting(self.config)
+            relay = self.relay = Relay(self.config, hostname)   # connects on demand
             await relay.start()   # the pool's idle reaper; stop() QUITs the pooled connections
             stack.push_async_callback(relay.stop)
             self.handler = FilterHandler(self.config, self.batcher, relay)
             try:
-                server = await self._listen(smtp_factory(self.config, self.handler, self.gate))
+                server = await self._listen(smtp_factory(self.config, self.handler, self.gate, hostname))
             except OSError as exc:
                 self.report(Failed(f"cannot listen on {self.config.listen}: {exc}"))
                 return 1
@@ -280,6 +281,7 @@ class Daemon:
             for note in notes:   # with workers, the supervisor says it once
                 log.log(logging.WARNING if self.standalone else logging.DEBUG, "reload: %s", note)
             assert self.handler is not None   # reload() runs only once serving
+            hostname = await greeting(config)   # in a thread (DNS), before anything changes
             if self.learning is not None:     # the lessons made on this model move it too
                 await self.learning.attach(scorer)
             batcher = await self._start_batcher(config, scorer)
@@ -288,7 +290,7 @@ class Daemon:
             self.gate.reconfigure(config)
             for frontend in self.frontends:
                 frontend.reconfigure(config, batcher)
-            self.factory = smtp_factory(config, self.handler, self.gate)
+            self.factory = smtp_factory(config, self.handler, self.gate, hostname)
             self.config, self.batcher = config, batcher
             logsetup.set_level(config.log.level)
             self.report(Reloaded(scorer.version, scorer.provider))

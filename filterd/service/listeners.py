@@ -8,6 +8,7 @@ import contextlib
 import errno
 import os
 import socket
+import stat
 from typing import Any
 
 from filterd.hostport import split_hostport
@@ -31,9 +32,7 @@ def bind(address: str, count: int = 1) -> list[socket.socket]:
     """
     if address.startswith("unix:"):
         path = address[5:]
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.exists(path) and not os.path.isdir(path):
-                os.unlink(path)
+        _remove_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o117)
         try:
@@ -58,6 +57,19 @@ def bind(address: str, count: int = 1) -> list[socket.socket]:
             sock.close()
         raise taken(exc, host, port) from None   # exc itself, or it with who holds the address
     return socks
+
+
+def _remove_stale_socket(path: str) -> None:
+    """A socket file left at `path` (an unclean stop) is replaced; anything else there is
+    someone's file, so binding is refused with an error that says so and it stays."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket (only a stale socket is replaced)")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _claim(family: socket.AddressFamily, sockaddr: Any) -> Any:

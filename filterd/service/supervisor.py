@@ -73,24 +73,27 @@ class Supervisor:
         self.reload_lock = asyncio.Lock()
         # "smtp", "milter", "spamd" -> listening sockets; worker I uses entry (I-1) % len
         self.socks: dict[str, list[socket.socket]] = {}
-        self.metrics_dir = tempfile.mkdtemp(prefix="filterd-metrics-")
+        self.metrics_dir = ""    # the workers' prometheus files: made once the sockets are bound
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def amain(self) -> int:
-        if not self._bind(self.config.worker_count()):
-            self._close_all()
-            return 1
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)
-        registry.register(metrics.MODEL)
-        registry.register(metrics.RELOADS)
-        stop_metrics = metrics.serve(self.config.metrics, registry)
         try:
-            return await self._serve()
+            if not self._bind(self.config.worker_count()):
+                return 1
+            self.metrics_dir = tempfile.mkdtemp(prefix="filterd-metrics-")
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)
+            registry.register(metrics.MODEL)
+            registry.register(metrics.RELOADS)
+            stop_metrics = metrics.serve(self.config.metrics, registry)
+            try:
+                return await self._serve()
+            finally:
+                stop_metrics()
         finally:
-            stop_metrics()
             self._close_all()
-            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            if self.metrics_dir:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def _bind(self, count: int) -> bool:
         """Every listening socket, bound here once and inherited by the workers: one per

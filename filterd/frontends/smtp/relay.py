@@ -24,7 +24,7 @@ from filterd import metrics
 from filterd import replies
 from filterd.frontends.smtp.pool import Pool
 from filterd.replies import Reply
-from filterd.hostport import greeting_name, split_hostport
+from filterd.hostport import split_hostport
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,12 @@ def _addr(address: str) -> bytes:
 class Relay:
     """Transactions to `config.next_hop` on pooled aiosmtplib connections (filterd/frontends/smtp/pool.py)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, helo_name: str) -> None:
+        """`helo_name`: what we say in EHLO, the name we greet with (smtpd.greeting)."""
         self.host, self.port = split_hostport(config.next_hop)
         self.connect_timeout = float(config.timeouts.next_hop_connect)
         self.timeout = float(config.timeouts.next_hop)
-        self.helo_name = greeting_name(config)
+        self.helo_name = helo_name
         self.pool = Pool(self._connect, config.relay.pool_size, config.relay.idle_timeout)
 
     async def start(self) -> None:

@@ -238,9 +238,15 @@ def _take_params(arg: str | None, names: frozenset[str]) -> tuple[str | None, li
     return " ".join([head, *kept]), taken
 
 
-def smtp_factory(config: Any, handler: Any, gate: Gate) -> Callable[[], FilterSMTP]:
-    """The protocol factory the daemon passes to `loop.create_server`."""
-    hostname = greeting_name(config)   # looked up once: getfqdn may ask DNS
+async def greeting(config: Any) -> str:
+    """Our greeting name (hostport.greeting_name), looked up in a thread: with `hostname:
+    null` it asks socket.getfqdn, which may wait on DNS, and the loop must not."""
+    return await asyncio.get_running_loop().run_in_executor(None, greeting_name, config)
+
+
+def smtp_factory(config: Any, handler: Any, gate: Gate, hostname: str) -> Callable[[], FilterSMTP]:
+    """The protocol factory the daemon passes to `loop.create_server`; `hostname` is what
+    greeting() found."""
 
     def factory() -> FilterSMTP:
         return FilterSMTP(
