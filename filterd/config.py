@@ -306,6 +306,10 @@ def _cross_checks(config: Config) -> None:
         raise ConfigError(f"policy.reject_at: {reject} is below policy.tag_at ({tag})")
     if config.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise ConfigError("event_loop: uvloop is not installed (pip install 'filterd[fast]')")
+    if (config.learning is not None and "://" in config.learning.store
+            and importlib.util.find_spec("redis") is None):
+        raise ConfigError("learning.store: a Redis store needs the redis client "
+                          "(pip install 'filterd[redis]')")
 
 
 def _no_duplicate_keys(node: yaml.Node | None, path: str = "") -> None:
