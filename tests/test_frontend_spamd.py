@@ -5,6 +5,7 @@ The real `filterd serve` runs with `spamd: {listen: 127.0.0.1:0}` beside its SMT
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from filterd.frontends.spamd import points
+from filterd.frontends.spamd_protocol import Body, Request, read_body
 from filterd.verdict import Policy
 from tests.fixtures.frontends import SPAMC, Spamc, exchange, frontend_port, require_spamc, spamc
 from tests.fixtures.postfix import corpus_messages
@@ -213,6 +215,38 @@ def test_body_without_content_length_runs_to_the_end_of_the_stream(served: tuple
     assert got.endswith(b"User-Agent: Mutt/1.4i\r\n\r\n")
     big = b"CHECK SPAMC/1.5\r\n\r\n" + HAM + b"z" * 210_000
     assert exchange(port, big) == b"SPAMD/1.0 65 Message too large: over max_message_size (200000 bytes)\r\n"
+
+
+def test_a_scan_over_max_bytes_is_skipped_and_logged_with_its_size(served: tuple[Any, int]) -> None:
+    """CHECK holds only scoring.max_bytes + 1 of the message (read_body's keep): the answer
+    and the log line are as for the whole message, which is not scored."""
+    daemon, port = served
+    big = HAM + b"z" * 150_000 + b"\r\n"           # over max_bytes (100 KB), under 200 KB
+    for framing in (b"Content-length: %d\r\n" % len(big), b""):
+        got = exchange(port, b"CHECK SPAMC/1.5\r\n" + framing + b"\r\n" + big)
+        assert got == b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; 0.0 / 5.0\r\n\r\n", got
+    packed = zlib.compress(big)
+    got = exchange(port, b"CHECK SPAMC/1.5\r\nCompress: zlib\r\nContent-length: %d\r\n\r\n"
+                   % len(packed) + packed)
+    assert got == b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; 0.0 / 5.0\r\n\r\n", got
+    lines = [line for line in daemon.log().splitlines() if f" size={len(big)} " in line]
+    assert len(lines) == 3 and all(" action=skipped " in line for line in lines), lines
+
+
+@pytest.mark.parametrize(("compressed", "length"), [(False, True), (False, False), (True, True)])
+def test_read_body_keeps_only_what_it_is_asked_to(compressed: bool, length: bool) -> None:
+    message = b"Subject: s\r\n\r\n" + bytes(range(256)) * 4000   # 1 MB
+    wire = zlib.compress(message) if compressed else message
+    request = Request("CHECK", (1, 5), length=len(wire) if length else None, compressed=compressed)
+
+    async def read(keep: int | None) -> Body:
+        reader = asyncio.StreamReader()
+        reader.feed_data(wire)
+        reader.feed_eof()
+        return await read_body(reader, request, 2_000_000, keep)
+
+    assert asyncio.run(read(1001)) == (message[:1001], len(message))
+    assert asyncio.run(read(None)) == (message, len(message))
 
 
 def test_compressed_bodies(served: tuple[Any, int]) -> None:

@@ -33,15 +33,16 @@ import asyncio
 import contextlib
 import logging
 import math
+from typing import Any
 
 from filterd import verdict
 from filterd.learning import LearningError
 from filterd.pipeline import explain
 from filterd.scan import Outcome, Record, State, scan
 from filterd.frontends.listener import Conn, Listener
-from filterd.frontends.spamd_protocol import (EX_TEMPFAIL, EX_TIMEOUT, PONG, Request, SpamdError,
-                                    answer, bad_header, read_body, read_request, spam_line,
-                                    told, unavailable)
+from filterd.frontends.spamd_protocol import (EX_TEMPFAIL, EX_TIMEOUT, PONG, Body, Request,
+                                              SpamdError, answer, bad_header, read_body,
+                                              read_request, spam_line, told, unavailable)
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,10 @@ async def serve(listener: Listener, conn: Conn) -> None:
             request = await read_request(conn.reader)
             if request.verb == "TELL":
                 _may_tell(listener, request)
-            data = b""
+            body = Body(b"", 0)
             if request.verb not in ("PING", "SKIP"):
-                data = await read_body(conn.reader, request, config.max_message_size)
+                body = await read_body(conn.reader, request, config.max_message_size,
+                                       _keep(request, config))
     except SpamdError as exc:
         await _refuse(conn, exc)
         return
@@ -97,11 +99,20 @@ async def serve(listener: Listener, conn: Conn) -> None:
     if request.verb == "PING":
         conn.writer.write(PONG)
     elif request.verb == "TELL":
-        conn.writer.write(await tell(listener, conn, request, data))
+        conn.writer.write(await tell(listener, conn, request, body.data))
     elif request.verb != "SKIP":
         with listener.scanning(conn) as state:
-            conn.writer.write(await _answer(state, conn, request, data))
+            conn.writer.write(await _answer(state, conn, request, body))
     await conn.writer.drain()
+
+
+def _keep(request: Request, config: Any) -> int | None:
+    """How much of the message a request needs held: all of it to answer it back (PROCESS,
+    HEADERS) or to learn from (TELL); for a scan alone (CHECK, SYMBOLS, REPORT*), one byte
+    over scoring.max_bytes, which is enough to know it is not scored."""
+    if request.verb in ("PROCESS", "HEADERS", "TELL"):
+        return None
+    return config.scoring.max_bytes + 1
 
 
 async def _refuse(conn: Conn, exc: SpamdError) -> None:
@@ -155,10 +166,10 @@ async def tell(listener: Listener, conn: Conn, request: Request, data: bytes) ->
     return told(did_set, did_remove)
 
 
-async def _answer(state: State, conn: Conn, request: Request, data: bytes) -> bytes:
+async def _answer(state: State, conn: Conn, request: Request, body: Body) -> bytes:
     """The whole response to one scanned message."""
-    verb = request.verb
-    record = Record("spamd", conn.id, conn.peer, size=len(data), user=request.user)
+    verb, data = request.verb, body.data
+    record = Record("spamd", conn.id, conn.peer, size=body.size, user=request.user)
     want_reasons = verb in ("SYMBOLS", "REPORT", "REPORT_IFSPAM") or state.config.policy.report
     outcome = await scan(state, data, record, explain=want_reasons)
     judged = outcome.verdict
@@ -169,9 +180,9 @@ async def _answer(state: State, conn: Conn, request: Request, data: bytes) -> by
     manifest = verdict.Policy(state.batcher.scorer.thresholds.tag, state.batcher.scorer.thresholds.reject)
     value = points(judged.score, state.policy, manifest) if judged.score is not None else 0.0
     spam = spam_line(request, judged.flagged, _shown(value), f"{required(state.policy):.1f}")
-    body = _body(request, state, outcome, data, value)
+    reply = _body(request, state, outcome, data, value)
     record.log(spam)
-    return answer(request, spam, body)
+    return answer(request, spam, reply)
 
 
 def _body(request: Request, state: State, outcome: Outcome, data: bytes, value: float) -> bytes | None:

@@ -29,6 +29,7 @@ import asyncio
 import re
 import zlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from filterd.learning import Label
 
@@ -133,24 +134,46 @@ def _header(request: Request, name: str, value: str) -> None:
         request.remove_local = "local" in value.lower()
 
 
-async def read_body(reader: asyncio.StreamReader, request: Request, limit: int) -> bytes:
+class Body(NamedTuple):
+    """A request's message: `data`, of which `size` bytes came (more than len(data) when
+    read_body kept only the start)."""
+
+    data: bytes
+    size: int
+
+
+async def read_body(reader: asyncio.StreamReader, request: Request, limit: int,
+                    keep: int | None = None) -> Body:
     """The message: Content-length bytes, or up to the end of the stream; inflated when
-    compressed. At most `limit` bytes of message, or SpamdError."""
+    compressed. At most `limit` bytes of message, or SpamdError. `keep`: only the first
+    `keep` bytes are held, the rest is read, counted and dropped (a scan that answers no
+    message back needs no more than scoring.max_bytes + 1 to know it is over)."""
+    keep = limit if keep is None else min(keep, limit)
     if request.compressed:
         if request.length is None:
             raise unavailable("Compress requires Content-length header")
-        return _inflate(await _exactly(reader, request.length, limit), limit)
-    if request.length is not None:
-        if request.length > limit:
-            raise too_large(limit)
-        return await _exactly(reader, request.length, limit)
-    chunks, size = [], 0
-    while chunk := await reader.read(_CHUNK):
+        return _inflate(await _exactly(reader, request.length, limit), limit, keep)
+    if request.length is not None and request.length <= keep:
+        return Body(data := await _exactly(reader, request.length, limit), len(data))
+    if request.length is not None and request.length > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    kept = size = 0
+    while request.length is None or size < request.length:
+        want = _CHUNK if request.length is None else min(_CHUNK, request.length - size)
+        chunk = await reader.read(want)
+        if not chunk:
+            if request.length is not None:
+                raise bad_header(f"(Content-Length mismatch: Expected {request.length} bytes, "
+                                 f"got {size} bytes)")
+            break
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if kept < keep:
+            chunks.append(chunk[: keep - kept])
+            kept += len(chunks[-1])
+    return Body(b"".join(chunks), size)
 
 
 async def _exactly(reader: asyncio.StreamReader, length: int, limit: int) -> bytes:
@@ -163,17 +186,24 @@ async def _exactly(reader: asyncio.StreamReader, length: int, limit: int) -> byt
                          f"got {len(exc.partial)} bytes)") from None
 
 
-def _inflate(data: bytes, limit: int) -> bytes:
+def _inflate(data: bytes, limit: int, keep: int) -> Body:
+    """`data` inflated: its first `keep` bytes and its size, which may not pass `limit`."""
     inflater = zlib.decompressobj()
     try:
-        out = inflater.decompress(data, limit + 1)
+        out = inflater.decompress(data, max(keep, 1))
+        size = len(out)
+        while not inflater.eof and size <= limit:   # the rest counted, not kept
+            piece = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
+            if not piece:
+                break    # the input ended before the stream did
+            size += len(piece)
     except zlib.error as exc:
         raise unavailable(f"zlib: {exc}") from None
-    if len(out) > limit:
+    if size > limit:
         raise too_large(limit)
     if not inflater.eof:
         raise unavailable("zlib: failed to find end of zlib stream")
-    return out
+    return Body(out, size)
 
 
 async def _line(reader: asyncio.StreamReader, at_eof: str) -> str:
