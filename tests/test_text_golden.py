@@ -2,8 +2,10 @@
 
 The model was trained on exactly these tokens and features, so a speed-up of text.py or
 features.py must not change a single one (PIPELINE_VERSION stays). The checksums below were
-computed with the pipeline as it was before it was optimised (issue 12); the corpus data
-itself is not committed, only sha256 digests over the concatenated outputs.
+computed with the pipeline as it was before it was optimised (issue 12), its unit-length
+scaling summing in float64 without BLAS (so they hold on every CPU: BLAS's float32 dot differs
+in the last bits between its AVX2 and AVX-512 kernels). The corpus data itself is not
+committed, only sha256 digests over the concatenated outputs.
 
 The IDF table and the vocabulary are built here, deterministically, rather than taken from
 model_artifacts/, so that a retrained model does not move the checksums.
@@ -37,11 +39,11 @@ GOLDEN = {
     "messages": "907653a5ff4a0b04e6c124106f978dfaf34fb13a2b9bb3499b0c98174e4032b1",
     "tokens_128": "ecc603097a75e199bed9e2a171cd4b59e775338ffd9ed88ebba311dcb4a8bb2c",
     "wide": "0ab66caabf42ffed62266b3e16d2efc052a082a07598335fbff2fa11421efa32",
-    "char_wb": "acd9751e112574a83c896e70f6d46def20d2236e5f2a37ae693ddd3fa9e81f0c",
-    "ids_128": "8caf00d8c49a21335122e560571e4ec8101e6505f68d7c21666a130f242a3b03",
+    "char_wb": "f32ae9d16dd5b87e8a4014c458b82f20696dbbbecf915a46026d2ba26ff3c805",
+    "ids_128": "7a82b36942b0ed881579a5b2c2b98a1f9331651fa84826e2e4bf1deee838d6fd",
     "tokens_4096": "86d98c428229e9ed40210adc3e82d0687e950063e9985855519423736a8e095a",
-    "alnum": "ae599e10b35f84446b3da7d0e1175fdda615ac8aba15b63e89dc16eaa69fb030",
-    "truncated": "9c98709513e9976b0242d530c1c1846693669ab49c7a6e788a52424d340b3fa8",
+    "alnum": "ec569bc42d68a42e1f3875d47f56d09af791cd3756a17768c133ae09dc062b0f",
+    "truncated": "d95071fad6430c5f5588cd191c42a28497e91525464e8211287573ef97a61dd3",
 }
 
 

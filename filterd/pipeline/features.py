@@ -272,7 +272,9 @@ def featurize(data: bytes, idf: np.ndarray,
         return np.zeros(1, np.int64), np.zeros(1, np.float32)
     ids, weights, split = _weights(keys, idf)
     for part in (weights[:split], weights[split:]):     # each group to unit length
-        norm = float(np.sqrt(np.dot(part, part)))
+        # Squares in float64 (exact) summed by numpy (pairwise), never np.dot: a float32 dot
+        # is BLAS's, whose kernel (AVX2, AVX-512) and threads change its last bits by CPU.
+        norm = float(np.sqrt(np.square(part, dtype=np.float64).sum()))
         if norm > 0:
             part /= norm
     return ids, weights.astype(np.float32, copy=False)
