@@ -86,6 +86,9 @@ printf '/opt/filterd/src\\n/opt/filterd/deps/%s\\n' "$DEPS_SITE" > "$site/filter
 printf '#!/opt/filterd/venv/bin/python\\nimport sys\\nfrom filterd.cli import main\\nsys.exit(main())\\n' \
     > /opt/filterd/venv/bin/filterd
 chmod 0755 /opt/filterd/venv/bin/filterd
+# A fresh install: whatever filterd state the host has (its /var/lib/filterd, a learning
+# store some run made there) is hidden; the overlay takes the removal, the host keeps it.
+rm -rf /var/lib/filterd /var/lib/private/filterd /etc/filterd
 install -d -m 0755 /etc/filterd /var/lib/filterd
 cp /opt/filterd/src/systemd/filterd.service /opt/filterd/src/systemd/filterd-retrain.service \
     /opt/filterd/src/systemd/filterd-retrain.timer /etc/systemd/system/
