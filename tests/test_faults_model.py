@@ -19,6 +19,7 @@ def serve(tmp_path: Path, model: Path) -> subprocess.CompletedProcess[str]:
     config.write_text(yaml.safe_dump({
         "listen": f"127.0.0.1:{free_port()}", "next_hop": f"127.0.0.1:{free_port()}",
         "metrics": None, "model": {"path": str(model), "device": "cpu"},
+        "learning": {"store": str(tmp_path / "learning")},
     }))
     return subprocess.run(
         [sys.executable, "-m", "filterd", "serve", "-c", str(config)], cwd=REPO,

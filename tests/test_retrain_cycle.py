@@ -68,6 +68,7 @@ def write_config(path: Path, ham: Path, spam: Path, state: Path) -> Path:
     model = str(state / "model")
     config = {
         "model": {"path": model},
+        "learning": {"store": str(state / "learning")},   # not the machine's
         "retrain": {
             "ham": [str(ham)],
             "spam": [str(spam)],
