@@ -175,6 +175,19 @@ def test_a_corrupt_store_is_refused_with_one_line_and_scanning_goes_on(
     assert points(port, spam[1]) == shipped
 
 
+def test_a_store_filterd_cannot_reach_costs_one_line_and_never_scanning(
+        daemon_factory: Any, tmp_path: Path, spam: list[bytes]) -> None:
+    """As for a user without root on the default store (/var/lib/filterd/learning, the
+    unit's): the path cannot be read (here: below a file, as root may read anything)."""
+    (tmp_path / "file").write_bytes(b"")
+    daemon, port = serve(daemon_factory, tmp_path / "file" / "learning", workers=1)
+    points(port, spam[1])                        # a CHECK answered with its points
+    time.sleep(1.0)                              # several polls: still one line
+    refusals = [line for line in daemon.log().splitlines() if "learning store" in line]
+    assert len(refusals) == 1 and "refused, scanning on the shipped weights" in refusals[0], refusals
+    assert daemon.healthy()
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MB tmpfs (root only): a disk that fills up."""
