@@ -92,7 +92,11 @@ def test_scan_applies_the_users_lessons_on_top_of_the_sites(tmp_path: Path, spam
         await learning.stop()
         return site, alice, bob, after
 
-    site, alice, bob, after = asyncio.run(main())
+    loop = asyncio.new_event_loop()    # not asyncio.run: it leaves the main thread no loop at all
+    try:
+        site, alice, bob, after = loop.run_until_complete(main())
+    finally:
+        loop.close()
     assert site > 0.9 and alice < 0.5 and bob == site and after == site
 
 
