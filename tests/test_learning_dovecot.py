@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.dovecot import PASSWORD, Dovecot, require_dovecot
+from tests.fixtures.dovecot import PASSWORD, RECIPE, Dovecot, require_dovecot
 from tests.fixtures.frontends import require_spamc
 from tests.fixtures.learning import points_everywhere, spamd_port
 from tests.fixtures.postfix import corpus_messages
-from tests.fixtures.smtp import wait_until
+from tests.fixtures.smtp import REPO, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.corpus]
 
@@ -64,3 +64,9 @@ def test_moving_into_and_out_of_junk_teaches_filterd(served: tuple[Any, int, Dov
     imap.logout()
     assert "TELL" not in "".join(daemon.problems()), daemon.problems()
     assert " Error: " not in dovecot.log(), dovecot.log()
+
+
+def test_the_readme_quotes_the_recipe_files_as_they_are() -> None:
+    readme = (REPO / "README.md").read_text()
+    for name in ("90-filterd-imapsieve.conf", "report-spam.sieve", "learn-spam.sh"):
+        assert (RECIPE / name).read_text().strip() in readme, name
