@@ -82,7 +82,7 @@ def test_front_ends_do_not_import_each_other() -> None:
         rest = m.removeprefix("filterd.frontends.")
         return "smtp" if rest.startswith("smtp") else rest.removesuffix("_edits").removesuffix("_protocol")
 
-    shared = {"filterd.frontends", "filterd.frontends.listener"}
+    shared = {"filterd.frontends", "filterd.frontends.listener", "filterd.frontends.tracking"}
     for name in MODULES:
         if not name.startswith("filterd.frontends.") or name in shared:
             continue
@@ -96,7 +96,15 @@ def test_clients_do_not_import_servers() -> None:
         assert not imports(name) & SERVERS, f"{name} imports {imports(name) & SERVERS}"
 
 
+def test_the_service_knows_no_protocol() -> None:
+    """service/ composes front-ends through the Frontend shape (filterd.frontends) alone."""
+    for name in MODULES:
+        if name.startswith("filterd.service"):
+            inside = sorted(m for m in imports(name) if m.startswith("filterd.frontends."))
+            assert not inside, f"{name} imports {inside}"
+
+
 def test_the_check_sees_an_upward_import() -> None:
-    """The walk itself: the daemon imports the SMTP front-end, so a reversed check would fail."""
-    assert "filterd.frontends.smtp.handler" in imports("filterd.service.daemon")
-    assert room("filterd.service.daemon") > room("filterd.frontends.smtp.handler")
+    """The walk itself: the daemon imports the front-ends, so a reversed check would fail."""
+    assert "filterd.frontends" in imports("filterd.service.daemon")
+    assert room("filterd.service.daemon") > room("filterd.frontends")

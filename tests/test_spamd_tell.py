@@ -132,7 +132,7 @@ def test_without_a_learning_engine_tell_is_unavailable(sink: Sink, scorer: Any, 
                                                       "spamd": {"listen": "127.0.0.1:0", "allow_tell": True}})
     server = InProcessFilterd(load_config(path), scorer).start()
     try:
-        port = int(server.daemon.frontends[0].address.rpartition(":")[2])
+        port = int(next(f for f in server.daemon.frontends if f.name == "spamd").address.rpartition(":")[2])
         answer = exchange(port, b"TELL SPAMC/1.5\r\nRemove: local\r\nContent-length: 1\r\n\r\nx")
         assert answer == b"SPAMD/1.0 69 Service Unavailable: learning is off in this filterd (learning: null)\r\n"
     finally:

@@ -1,1 +1,59 @@
-"""The front-ends: the SMTP proxy (smtp/), the milter and spamd, each an adapter from its protocol onto scan()."""
+"""The front-ends: the SMTP proxy (smtp/), the milter and spamd (listener.py + milter.py,
+spamd.py), each an adapter from its protocol onto scan().
+
+Each has the one small shape below, so that the service (service/daemon.py) composes them
+without knowing any protocol: it binds their sockets, starts them, hands a reload's config
+and batcher to all of them, waits until none still uses an old batcher, and stops them.
+Connection ids, admission and the waiting are shared (tracking.py).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Protocol
+
+
+class Frontend(Protocol):
+    name: str       # "smtp", "milter", "spamd": the log's and the metrics' frontend=
+    address: str    # where it listens, once started: "host:port" (", "-joined) or "unix:/path"
+
+    async def start(self, sock: socket.socket | None, *, owned: bool = True) -> None:
+        """Serve on `sock` (None: bind the configured address); `owned`: we bound it, so a
+        UNIX socket file is ours to remove at stop (a worker's inherited socket is not)."""
+
+    def close(self) -> None:
+        """Shutting down: a client that connects from now on is refused, not served."""
+
+    async def stop(self, deadline: float) -> None:
+        """Stop accepting; let what is being handled finish until the loop-time `deadline`,
+        then close the rest (each protocol says so its own way)."""
+
+    def cut(self) -> None:
+        """A second stop signal: end what stop() is still waiting for, now."""
+
+    async def reconfigure(self, config: Any, batcher: Any) -> None:
+        """New config and scorer for new messages; those being handled keep theirs."""
+
+    def uses(self, batcher: Any) -> bool:
+        """A message being handled still uses `batcher`."""
+
+    async def released(self, batcher: Any) -> None:
+        """Return once no message uses `batcher` (a reload then stops it)."""
+
+
+def configured(config: Any, batcher: Any, teacher: Any = None) -> list[tuple[Frontend, str]]:
+    """The front-ends the config turns on, each with the address it is to listen on: the
+    SMTP proxy always, the milter and spamd when their sections are set. `teacher` is what
+    spamd TELL teaches (a filterd.learning.Teacher, or None)."""
+    from filterd.frontends import milter, spamd   # only when configured
+    from filterd.frontends.listener import Listener
+    from filterd.frontends.smtp.frontend import SmtpFrontend
+
+    out: list[tuple[Frontend, str]] = [(SmtpFrontend(config, batcher), config.listen)]
+    for name, section, serve in (("milter", config.milter, milter.serve),
+                                 ("spamd", config.spamd, spamd.serve)):
+        if section is not None:
+            listener = Listener(name, serve, config, batcher)
+            listener.teacher = teacher
+            out.append((listener, section.listen))
+    return out

@@ -1,10 +1,11 @@
 """The listener of the milter and spamd front-ends: one asyncio stream server each.
 
-The SMTP listener is aiosmtpd's (service/daemon.py); the other front-ends are plain stream
-protocols, so they share this: serve on a bound socket (service/listeners.py binds it, or
-the supervisor hands it down), admit (allowed_networks, max_connections), keep the State
-that reload swaps, count the messages being scanned, and drain on stop. A front-end only
+The SMTP proxy is aiosmtpd's protocol (smtp/frontend.py); the other front-ends are plain
+stream protocols, so they share this: serve on a bound socket (service/listeners.py binds
+it, or the supervisor hands it down), admit (tracking.Admission), keep the State that
+reload swaps, count the messages being scanned, and drain on stop. A front-end only
 supplies `serve(conn)`, one coroutine per connection, and never sees the socket set-up.
+A Listener has the Frontend shape (frontends/__init__.py).
 
 Every connection runs in its own task, and any exception it did not handle is logged
 here with a traceback and the connection closed: a client costs itself, never the daemon.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import socket
@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from filterd.hostport import describe, in_networks, networks, peer_address
+from filterd.frontends.tracking import Admission, Changes, new_id
+from filterd.hostport import describe
 from filterd.learning import Teacher
 from filterd.scan import State
 
 log = logging.getLogger(__name__)
-_ids = itertools.count(1)
 
 
 @dataclass(eq=False)   # hashed by identity: kept in a set
@@ -52,19 +52,25 @@ class Listener:
         self.server: asyncio.Server | None = None
         self.address = ""
         self.owned = False
+        self.admission = Admission(config)
+        self.changes = Changes()      # a scan ended, a connection went: drain and reload look
+        self._cut = False
         # What spamd TELL teaches: the service sets it (Daemon.teacher) before start(); None
         # means no learning engine, and TELL is refused even with spamd.allow_tell on.
         self.teacher: Teacher | None = None
-        self.reconfigure(config, batcher)
+        self.state = State.build(config, batcher)
 
-    def reconfigure(self, config: Any, batcher: Any) -> None:
+    async def reconfigure(self, config: Any, batcher: Any) -> None:
         """New config/scorer for new messages; messages being scanned keep theirs."""
         self.state = State.build(config, batcher)
-        self.allowed = networks(config.allowed_networks)
+        self.admission.reconfigure(config)
 
     def uses(self, batcher: Any) -> bool:
         """A message being scanned still uses `batcher` (reload waits before stopping it)."""
         return any(s.batcher is batcher for c in self.conns for s in c.states)
+
+    async def released(self, batcher: Any) -> None:
+        await self.changes.until(lambda: not self.uses(batcher))
 
     @contextlib.contextmanager
     def scanning(self, conn: Conn) -> Iterator[State]:
@@ -77,9 +83,11 @@ class Listener:
         finally:
             conn.busy = False
             conn.states.remove(state)
+            self.changes.notify()
 
-    async def start(self, sock: socket.socket, *, owned: bool = True) -> None:
+    async def start(self, sock: socket.socket | None, *, owned: bool = True) -> None:
         """Serve on `sock`; `owned`: we bound it (a worker's inherited socket is not ours)."""
+        assert sock is not None, "the service binds the milter's and spamd's sockets"
         self.owned = owned
         if sock.family == socket.AF_UNIX:
             self.server = await asyncio.start_unix_server(self._accept, sock=sock)
@@ -87,22 +95,14 @@ class Listener:
             self.server = await asyncio.start_server(self._accept, sock=sock)
         self.address = describe(sock)
 
-    def _admit(self, conn: Conn, sockname: Any) -> bool:
-        # On a UNIX socket its file mode is the access check; max_connections holds for both.
-        if not isinstance(sockname, str):
-            if not in_networks(peer_address(conn.writer.get_extra_info("peername")), self.allowed):
-                log.warning("%s %s %s refused: not in allowed_networks", conn.id, self.name, conn.peer)
-                return False
-        if len(self.conns) >= self.state.config.max_connections:
-            log.warning("%s %s %s refused: max_connections reached", conn.id, self.name, conn.peer)
-            return False
-        return True
+    def close(self) -> None:
+        self.admission.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        conn = Conn(reader, writer, f"{os.getpid() % 100000:x}.{self.name[0]}{next(_ids):x}",
+        conn = Conn(reader, writer, new_id(self.name[0]),
                     str(peer[0]) if isinstance(peer, tuple) else "local")
-        if not self._admit(conn, writer.get_extra_info("sockname")):
+        if self.admission.refusal(peer, len(self.conns), self.name, conn.id) is not None:
             writer.close()
             return
         self.conns.add(conn)
@@ -117,6 +117,11 @@ class Listener:
         finally:
             self.conns.discard(conn)
             writer.close()
+            self.changes.notify()
+
+    def cut(self) -> None:
+        self._cut = True
+        self.changes.notify()
 
     async def stop(self, deadline: float) -> None:
         """Stop accepting; let messages being scanned finish until `deadline` (loop time),
@@ -124,9 +129,7 @@ class Listener:
         if self.server is None:
             return
         self.server.close()
-        loop = asyncio.get_running_loop()
-        while any(c.busy for c in self.conns) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        await self.changes.until(lambda: self._cut or not any(c.busy for c in self.conns), deadline)
         for conn in list(self.conns):
             conn.writer.close()
         with contextlib.suppress(asyncio.TimeoutError):

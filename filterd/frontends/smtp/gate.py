@@ -11,22 +11,20 @@ The Gate also counts what is open, which the drain and the tests watch: `session
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import re
 from typing import Any
 
+from filterd import metrics, replies
+from filterd.frontends.tracking import NOT_ALLOWED, SHUTTING_DOWN, Admission, Changes, new_id
 from filterd.hostport import in_networks, networks, peer_address
-from filterd import metrics
-from filterd import replies
 from filterd.replies import Reply
 
 log = logging.getLogger(__name__)
 
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 _XFORWARD_ITEM = re.compile(r"^([A-Za-z]+)=(\S*)$")
-_ids = itertools.count(1)
+_REFUSALS = {NOT_ALLOWED: replies.S554_ACCESS_DENIED, SHUTTING_DOWN: replies.S421_SHUTTING_DOWN}
 
 
 def parse_xforward(arg: str) -> dict[str, str] | None:
@@ -44,20 +42,24 @@ class Gate:
     """allowed_networks, max_connections and xforward_networks of one worker."""
 
     def __init__(self, config: Any) -> None:
-        self._prefix = f"{os.getpid() % 100000:x}."
         self._open: set[Any] = set()
-        self.closing = False
+        self.admission = Admission(config)
+        # A reply sent or a connection lost: what the drain and a reload wait on.
+        self.changes = Changes()
         self.reconfigure(config)
+
+    @property
+    def closing(self) -> bool:
+        return self.admission.closing
 
     def close(self) -> None:
         """Shutting down (SIGTERM): from now on a new client gets one 421 instead of a
         greeting, never a 220 followed at once by the drain's 421 (RFC 5321 3.1, 3.8)."""
-        self.closing = True
+        self.admission.close()
 
     def reconfigure(self, config: Any) -> None:
         """New rules for the next connection and the next XFORWARD; open sessions stay."""
-        self.max_connections = config.max_connections
-        self.allowed = networks(config.allowed_networks)
+        self.admission.reconfigure(config)
         self.trusted = networks(config.xforward_networks)
 
     @property
@@ -71,17 +73,11 @@ class Gate:
     def admit(self, session: Any) -> Reply | None:
         """None to greet the client, else the reply that refuses it (RFC 5321 3.1: 554;
         421 when it cannot be served now)."""
-        session.id = f"{self._prefix}{next(_ids):x}"
+        session.id = new_id()
         session.address = peer_address(session.peer)   # parsed once, checked again at EHLO/XFORWARD
-        if not in_networks(session.address, self.allowed):
-            log.warning("%s %s refused: not in allowed_networks", session.id, session.peer)
-            return replies.S554_ACCESS_DENIED
-        if self.closing:
-            log.info("%s %s refused: shutting down", session.id, session.peer)
-            return replies.S421_SHUTTING_DOWN
-        if self.sessions >= self.max_connections:
-            log.warning("%s %s refused: max_connections reached", session.id, session.peer)
-            return replies.S421_TOO_MANY_CONNECTIONS
+        why = self.admission.refusal(session.peer, self.sessions, "smtp", session.id)
+        if why is not None:
+            return _REFUSALS.get(why, replies.S421_TOO_MANY_CONNECTIONS)
         self._open.add(session)
         metrics.IN_FLIGHT.inc()
         return None
@@ -91,6 +87,7 @@ class Gate:
         if session in self._open:
             self._open.discard(session)
             metrics.IN_FLIGHT.dec()
+        self.changes.notify()
 
     def trusts(self, session: Any) -> bool:
         """May this client send XFORWARD (and is it offered at EHLO)?"""

@@ -136,6 +136,7 @@ class FilterSMTP(SMTP):
         every send also pays for the receiver's side. Replies that end the session (221,
         421, aiosmtpd's 502 goodbye) are never held: aiosmtpd closes right after them.
         """
+        self.gate.changes.notify()    # a reply: a transaction may have ended, the drain looks
         head = status[:3]
         self.last_code = int(head) if head.isdigit() else 0
         line = (status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
