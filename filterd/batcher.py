@@ -22,14 +22,18 @@ import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from filterd import metrics
+
+if TYPE_CHECKING:   # the model is the pipeline's; the batcher only passes its work on
+    from filterd.pipeline.scorer import Model as ScoringModel
+    from filterd.pipeline.text import Prepared
 
 log = logging.getLogger(__name__)
 
 
-def runs_on_loop(run_on: str, scorer: Any) -> bool:
+def runs_on_loop(run_on: str, scorer: ScoringModel) -> bool:
     """config scoring.run_on: "loop", "thread", or "auto": the loop unless the model is on CUDA."""
     if run_on == "auto":
         return getattr(scorer, "provider", "CPUExecutionProvider") == "CPUExecutionProvider"
@@ -44,14 +48,14 @@ class Scored(NamedTuple):
 
     probability: float
     logit: float = 0.0
-    prepared: Any = None      # pipeline.text.Prepared (keep_wide), or None
+    prepared: Prepared | None = None    # kept (keep_wide) for an explanation
 
 
 class Batcher:
     """`await batcher.score(raw)` → spam probability; batches run on the loop or in `executor`
     (which also runs explanations: scan.py)."""
 
-    def __init__(self, scorer: Any, max_batch: int = 32, max_wait_ms: float = 2.0,
+    def __init__(self, scorer: ScoringModel, max_batch: int = 32, max_wait_ms: float = 2.0,
                  executor: Executor | None = None, on_loop: bool = False) -> None:
         self.scorer = scorer
         self.on_loop = on_loop       # run batches on the event loop, not in `executor`
@@ -60,7 +64,7 @@ class Batcher:
         self.executor = executor
         self._pending: list[tuple[bytes, asyncio.Future[Scored], str | None, bool]] = []
         # learning.per_user: a user's own term of the logit (learning/teacher.py), or None
-        self.adjust: Callable[[str | None, Any], float] | None = None
+        self.adjust: Callable[[str | None, Prepared], float] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._running = False   # one batch in the executor at a time; the next one grows meanwhile
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -167,7 +167,7 @@ def build(cls: type, data: Any, path: str = "") -> Any:
             raise ConfigError(f"{key}: unknown key (known here: {', '.join(known)})")
         factory = known[name].default_factory
         if is_dataclass(factory):  # a nested section, e.g. timeouts
-            kwargs[name] = build(factory, value, key)  # type: ignore[arg-type]
+            kwargs[name] = build(factory, value, key)
         else:
             kwargs[name] = known[name].metadata["check"](value, key)
     return cls(**kwargs)

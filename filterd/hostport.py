@@ -7,7 +7,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from filterd.config import Config
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -38,7 +41,7 @@ def describe(sock: socket.socket) -> str:
     return f"unix:{name}" if sock.family == socket.AF_UNIX else format_address(name)
 
 
-def greeting_name(config: Any) -> str:
+def greeting_name(config: Config) -> str:
     """Our name in the SMTP greeting and EHLO; Postfix refuses a filter that greets with its
     own name. socket.getfqdn may ask DNS: call it off the event loop."""
     return config.hostname or f"filterd.{socket.getfqdn()}"

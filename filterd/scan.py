@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from filterd import metrics, replies
+from filterd.batcher import Batcher
+from filterd.config import Config
 from filterd.replies import Reply
 from filterd.sniff import not_mail
 from filterd.verdict import Action, Edits, Policy, Verdict, format_score
@@ -42,12 +44,12 @@ log = logging.getLogger(__name__)
 class State:
     """What a message is judged with from start to end, even if a reload swaps it meanwhile."""
 
-    config: Any
-    batcher: Any
+    config: Config
+    batcher: Batcher
     policy: Policy
 
     @classmethod
-    def build(cls, config: Any, batcher: Any) -> State:
+    def build(cls, config: Config, batcher: Batcher) -> State:
         scorer = batcher.scorer
         policy = Policy.resolve(config.policy.tag_at, config.policy.reject_at,
                                         scorer.thresholds, str(getattr(scorer, "version", "")))
@@ -151,7 +153,7 @@ async def scan(state: State, data: bytes, record: Record, *, explain: bool = Fal
     return outcome(state, state.policy.judge(score), record, why)
 
 
-async def _score(batcher: Any, data: bytes, explain: bool,
+async def _score(batcher: Batcher, data: bytes, explain: bool,
                  user: str | None = None) -> tuple[float, explaining.Explanation | None]:
     """The score through the batcher (with the user's own lessons, learning.per_user); the
     reasons, when asked, from the batch's own work (its prepared message and logit), in the

@@ -10,7 +10,11 @@ Connection ids, admission and the waiting are shared (tracking.py).
 from __future__ import annotations
 
 import socket
-from typing import Any, Protocol
+from typing import Protocol
+
+from filterd.batcher import Batcher
+from filterd.config import Config
+from filterd.learning import Teacher
 
 
 class Frontend(Protocol):
@@ -31,21 +35,21 @@ class Frontend(Protocol):
     def cut(self) -> None:
         """A second stop signal: end what stop() is still waiting for, now."""
 
-    async def reconfigure(self, config: Any, batcher: Any) -> None:
+    async def reconfigure(self, config: Config, batcher: Batcher) -> None:
         """New config and scorer for new messages; those being handled keep theirs."""
 
-    def uses(self, batcher: Any) -> bool:
+    def uses(self, batcher: Batcher) -> bool:
         """A message being handled still uses `batcher`."""
 
-    async def released(self, batcher: Any) -> None:
+    async def released(self, batcher: Batcher) -> None:
         """Return once no message uses `batcher` (a reload then stops it)."""
 
 
-def configured(config: Any, batcher: Any, teacher: Any = None) -> list[tuple[Frontend, str]]:
+def configured(config: Config, batcher: Batcher, teacher: Teacher | None = None) -> list[tuple[Frontend, str]]:
     """The front-ends the config turns on, each with the address it is to listen on: the
     SMTP proxy always, the milter and spamd when their sections are set. `teacher` is what
     spamd TELL teaches (a filterd.learning.Teacher, or None)."""
-    from filterd.frontends import milter, spamd   # only when configured
+    from filterd.frontends import milter, spamd  # only when configured
     from filterd.frontends.listener import Listener
     from filterd.frontends.smtp.frontend import SmtpFrontend
 

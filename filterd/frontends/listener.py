@@ -20,8 +20,9 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
+from filterd.batcher import Batcher
+from filterd.config import Config
 from filterd.frontends.tracking import Admission, Changes, new_id
 from filterd.hostport import describe
 from filterd.learning import Teacher
@@ -46,7 +47,7 @@ class Listener:
     """A stream server for one front-end (`name` is "milter" or "spamd")."""
 
     def __init__(self, name: str, serve: Callable[[Listener, Conn], Awaitable[None]],
-                 config: Any, batcher: Any) -> None:
+                 config: Config, batcher: Batcher) -> None:
         self.name, self._serve = name, serve
         self.conns: set[Conn] = set()
         self.server: asyncio.Server | None = None
@@ -60,16 +61,16 @@ class Listener:
         self.teacher: Teacher | None = None
         self.state = State.build(config, batcher)
 
-    async def reconfigure(self, config: Any, batcher: Any) -> None:
+    async def reconfigure(self, config: Config, batcher: Batcher) -> None:
         """New config/scorer for new messages; messages being scanned keep theirs."""
         self.state = State.build(config, batcher)
         self.admission.reconfigure(config)
 
-    def uses(self, batcher: Any) -> bool:
+    def uses(self, batcher: Batcher) -> bool:
         """A message being scanned still uses `batcher` (reload waits before stopping it)."""
         return any(s.batcher is batcher for c in self.conns for s in c.states)
 
-    async def released(self, batcher: Any) -> None:
+    async def released(self, batcher: Batcher) -> None:
         await self.changes.until(lambda: not self.uses(batcher))
 
     @contextlib.contextmanager

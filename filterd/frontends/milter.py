@@ -35,11 +35,10 @@ from kilter.protocol.buffer import SimpleBuffer
 from kilter.protocol.core import FilterProtocol
 from kilter.protocol.exceptions import UnexpectedMessage, UnknownMessage
 
-from filterd import verdict
+from filterd import replies, verdict
+from filterd.frontends.listener import Conn, Listener
 from filterd.frontends.milter_edits import edits
 from filterd.scan import Outcome, Record, State, outcome, scan
-from filterd.frontends.listener import Conn, Listener
-from filterd import replies
 
 log = logging.getLogger(__name__)
 

@@ -33,16 +33,28 @@ import asyncio
 import contextlib
 import logging
 import math
-from typing import Any
 
 from filterd import verdict
+from filterd.config import Config
+from filterd.frontends.listener import Conn, Listener
+from filterd.frontends.spamd_protocol import (
+    EX_TEMPFAIL,
+    EX_TIMEOUT,
+    PONG,
+    Body,
+    Request,
+    SpamdError,
+    answer,
+    bad_header,
+    read_body,
+    read_request,
+    spam_line,
+    told,
+    unavailable,
+)
 from filterd.learning import LearningError
 from filterd.pipeline import explain
 from filterd.scan import Outcome, Record, State, scan
-from filterd.frontends.listener import Conn, Listener
-from filterd.frontends.spamd_protocol import (EX_TEMPFAIL, EX_TIMEOUT, PONG, Body, Request,
-                                              SpamdError, answer, bad_header, read_body,
-                                              read_request, spam_line, told, unavailable)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +118,7 @@ async def serve(listener: Listener, conn: Conn) -> None:
     await conn.writer.drain()
 
 
-def _keep(request: Request, config: Any) -> int | None:
+def _keep(request: Request, config: Config) -> int | None:
     """How much of the message a request needs held: all of it to answer it back (PROCESS,
     HEADERS) or to learn from (TELL); for a scan alone (CHECK, SYMBOLS, REPORT*), one byte
     over scoring.max_bytes, which is enough to know it is not scored."""
@@ -134,7 +146,8 @@ async def _refuse(conn: Conn, exc: SpamdError) -> None:
 
 def _may_tell(listener: Listener, request: Request) -> None:
     """spamd's checks before it reads a TELL's body, in its order, and ours after them."""
-    if not listener.state.config.spamd.allow_tell:
+    section = listener.state.config.spamd
+    if section is None or not section.allow_tell:
         raise unavailable(TELL_OFF)
     if request.set_local and request.remove_local:
         raise bad_header("Unable to set local and remove local in the same operation.")

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from filterd.config import Config
 from filterd.hostport import in_networks, networks, peer_address
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,11 @@ class Admission:
     """Who may connect now: allowed_networks (for IP peers), max_connections, and no one
     once `close()` was called (SIGTERM)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Config) -> None:
         self.closing = False
         self.reconfigure(config)
 
-    def reconfigure(self, config: Any) -> None:
+    def reconfigure(self, config: Config) -> None:
         self.allowed = networks(config.allowed_networks)
         self.max_connections = config.max_connections
 

@@ -24,11 +24,14 @@ shown (policy.report, spamd SYMBOLS/REPORT); `classify --explain` calls `explain
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from filterd.pipeline import features, text
+
+if TYPE_CHECKING:
+    from filterd.pipeline.scorer import Model
 
 TOP_K = 10
 _SHOWN = 40            # longest span shown, in characters
@@ -59,7 +62,7 @@ class Explanation:
                              for r in self.reasons]}
 
 
-def contributions(scorer: Any, prepared: text.Prepared) -> np.ndarray:
+def contributions(scorer: Model, prepared: text.Prepared) -> np.ndarray:
     """(k,) float64: what each of the message's n-gram features adds to the whole logit."""
     return (scorer.wide_weights[prepared.feat_ids].astype(np.float64)
             * prepared.feat_w.astype(np.float64))
@@ -71,13 +74,13 @@ def top(values: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
-def explain(scorer: Any, raw: bytes, k: int = TOP_K) -> Explanation:
+def explain(scorer: Model, raw: bytes, k: int = TOP_K) -> Explanation:
     """Score `raw` and say why. Runs the text pipeline and the model: call it in an executor."""
     prepared = scorer.prepare(raw, keep_wide=True)
     return explain_prepared(scorer, prepared, float(scorer.infer_logits([prepared])[0, 0]), k)
 
 
-def explain_prepared(scorer: Any, prepared: text.Prepared, logit: float, k: int = TOP_K) -> Explanation:
+def explain_prepared(scorer: Model, prepared: text.Prepared, logit: float, k: int = TOP_K) -> Explanation:
     """Why a message prepared with `keep_wide` got the whole-network `logit`: neither the
     text pipeline nor the model runs again (the daemon's scan hands over its batch's work)."""
     contrib = contributions(scorer, prepared)
@@ -92,7 +95,7 @@ def explain_prepared(scorer: Any, prepared: text.Prepared, logit: float, k: int 
     return Explanation(logit, logit - total, total - listed, reasons)
 
 
-def _names(scorer: Any, prepared: text.Prepared, picked: np.ndarray) -> list[tuple[str, str]]:
+def _names(scorer: Model, prepared: text.Prepared, picked: np.ndarray) -> list[tuple[str, str]]:
     """(kind, span) of the picked features, by re-deriving featurize's key order from the
     message's n-gram text (prepared.wide)."""
     if picked.size == 0:

@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,24 @@ def _providers(device: str) -> list[str]:
         raise DeviceError("device cuda asked for, but onnxruntime has no CUDAExecutionProvider "
                          f"(available: {', '.join(available)})")
     return ["CPUExecutionProvider"]
+
+
+class Model(Protocol):
+    """What the daemon uses of a model where modules meet (the batcher, scan, explain, the
+    front-ends): Scorer below, or in tests a scorer made to fail or to be slow."""
+
+    version: str
+    provider: str
+    thresholds: Thresholds
+    scheme: str
+    max_tokens: int
+    wide_weights: np.ndarray
+
+    def prepare(self, raw: bytes, keep_wide: bool = False) -> Prepared: ...
+
+    def infer(self, batch: Sequence[Prepared]) -> list[float]: ...
+
+    def infer_logits(self, batch: Sequence[Prepared]) -> np.ndarray: ...
 
 
 class Scorer:

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filterd import metrics
 from filterd.batcher import Batcher, runs_on_loop
@@ -36,6 +36,9 @@ from filterd.service.model import load_scorer
 from filterd.service.notify import Notifier
 from filterd.service.reload import pin_restart_keys, refused, reloaded
 from filterd.service.reports import Failed, Ready, Refused, Reloaded, Report
+
+if TYPE_CHECKING:
+    from filterd.pipeline.scorer import Model
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ class Daemon:
         finally:
             self._remove_signals()
 
-    async def serve(self, scorer: Any) -> int:
+    async def serve(self, scorer: Model) -> int:
         """Build the parts around a loaded `scorer`, listen, report Ready, and drain once
         stop() is called. The in-process test fixture runs this too (without signals)."""
         async with AsyncExitStack() as stack:
@@ -109,7 +112,7 @@ class Daemon:
             await self.stopping.wait()
         return 0
 
-    async def _start_batcher(self, config: Config, scorer: Any) -> Any:
+    async def _start_batcher(self, config: Config, scorer: Model) -> Batcher:
         batcher = Batcher(scorer, config.scoring.max_batch, config.scoring.max_wait_ms,
                           self.executor, on_loop=runs_on_loop(config.scoring.run_on, scorer))
         if self.learning is not None and self.learning.config.per_user:
@@ -207,7 +210,7 @@ class Daemon:
             self.report(Reloaded(scorer.version, scorer.provider))
             self._task(self._retire(old))
 
-    async def _retire(self, batcher: Any) -> None:
+    async def _retire(self, batcher: Batcher) -> None:
         """Stop the old batcher once no front-end handles a message with it any more."""
         try:
             await asyncio.gather(*(f.released(batcher) for f in self.frontends))

@@ -19,6 +19,8 @@ import weakref
 from typing import Any
 
 from filterd import replies
+from filterd.batcher import Batcher
+from filterd.config import Config
 from filterd.frontends.smtp.gate import Gate
 from filterd.frontends.smtp.handler import FilterHandler
 from filterd.frontends.smtp.relay import Relay
@@ -52,7 +54,7 @@ class SmtpFrontend:
 
     name = "smtp"
 
-    def __init__(self, config: Any, batcher: Any) -> None:
+    def __init__(self, config: Config, batcher: Batcher) -> None:
         self.config, self.batcher = config, batcher
         self.gate = Gate(config)
         self.sessions: weakref.WeakSet[FilterSMTP] = weakref.WeakSet()
@@ -81,7 +83,7 @@ class SmtpFrontend:
     def close(self) -> None:
         self.gate.close()
 
-    async def reconfigure(self, config: Any, batcher: Any) -> None:
+    async def reconfigure(self, config: Config, batcher: Batcher) -> None:
         assert self.handler is not None and self.relay is not None   # only once started
         hostname = await greeting(config)   # in a thread (DNS), before anything changes
         self.handler.reconfigure(config, batcher)
@@ -90,12 +92,12 @@ class SmtpFrontend:
         self.config, self.batcher = config, batcher
         await self.relay.flush()   # a reload starts afresh with the next hop, too
 
-    def uses(self, batcher: Any) -> bool:
+    def uses(self, batcher: Batcher) -> bool:
         """A transaction (its State from MAIL on, smtpd.FilterSession) still uses `batcher`."""
         states = (getattr(s.session, "state", None) for s in self.sessions)
         return any(state is not None and state.batcher is batcher for state in states)
 
-    async def released(self, batcher: Any) -> None:
+    async def released(self, batcher: Batcher) -> None:
         await self.gate.changes.until(lambda: not self.uses(batcher))
 
     def cut(self) -> None:

@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from filterd import metrics, replies
+from filterd.config import Config
 from filterd.frontends.tracking import NOT_ALLOWED, SHUTTING_DOWN, Admission, Changes, new_id
 from filterd.hostport import in_networks, networks, peer_address
 from filterd.replies import Reply
@@ -41,7 +42,7 @@ def parse_xforward(arg: str) -> dict[str, str] | None:
 class Gate:
     """allowed_networks, max_connections and xforward_networks of one worker."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Config) -> None:
         self._open: set[Any] = set()
         self.admission = Admission(config)
         # A reply sent or a connection lost: what the drain and a reload wait on.
@@ -57,7 +58,7 @@ class Gate:
         greeting, never a 220 followed at once by the drain's 421 (RFC 5321 3.1, 3.8)."""
         self.admission.close()
 
-    def reconfigure(self, config: Any) -> None:
+    def reconfigure(self, config: Config) -> None:
         """New rules for the next connection and the next XFORWARD; open sessions stay."""
         self.admission.reconfigure(config)
         self.trusted = networks(config.xforward_networks)

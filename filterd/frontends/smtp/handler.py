@@ -21,12 +21,13 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING
 
-from filterd import verdict
-from filterd.scan import Record, State, scan
-from filterd import metrics
-from filterd import replies
+from filterd import metrics, replies, verdict
+from filterd.batcher import Batcher
+from filterd.config import Config
 from filterd.frontends.smtp.gate import XFORWARD_ATTRS
+from filterd.frontends.smtp.relay import Relay
 from filterd.replies import Reply
+from filterd.scan import Record, State, scan
 
 log = logging.getLogger(__name__)
 _EHLO_EXTRA = ["250-PIPELINING", "250-DSN"]
@@ -35,11 +36,11 @@ _EHLO_EXTRA = ["250-PIPELINING", "250-DSN"]
 class FilterHandler:
     """The hooks aiosmtpd calls; one instance serves every session of a worker."""
 
-    def __init__(self, config: Any, batcher: Any, relay: Any) -> None:
+    def __init__(self, config: Config, batcher: Batcher, relay: Relay) -> None:
         self.relay = relay
         self.reconfigure(config, batcher)
 
-    def reconfigure(self, config: Any, batcher: Any) -> None:
+    def reconfigure(self, config: Config, batcher: Batcher) -> None:
         """New config/scorer for new transactions; those in flight keep what they started with."""
         self.state = State.build(config, batcher)
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import aiosmtplib
 
-from filterd import metrics
-from filterd import replies
+from filterd import metrics, replies
+from filterd.config import Config
 from filterd.frontends.smtp.pool import Pool
-from filterd.replies import Reply
 from filterd.hostport import split_hostport
+from filterd.replies import Reply
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _addr(address: str) -> bytes:
 class Relay:
     """Transactions to `config.next_hop` on pooled aiosmtplib connections (filterd/frontends/smtp/pool.py)."""
 
-    def __init__(self, config: Any, helo_name: str) -> None:
+    def __init__(self, config: Config, helo_name: str) -> None:
         """`helo_name`: what we say in EHLO, the name we greet with (smtpd.greeting)."""
         self.host, self.port = split_hostport(config.next_hop)
         self.connect_timeout = float(config.timeouts.next_hop_connect)

@@ -34,11 +34,12 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, Session, syntax
 
-from filterd.scan import Record
 from filterd import replies
+from filterd.config import Config
 from filterd.frontends.smtp.data import Outcome, read_data
 from filterd.frontends.smtp.gate import Gate
 from filterd.hostport import greeting_name
+from filterd.scan import Record
 
 log = logging.getLogger(__name__)
 
@@ -239,13 +240,13 @@ def _take_params(arg: str | None, names: frozenset[str]) -> tuple[str | None, li
     return " ".join([head, *kept]), taken
 
 
-async def greeting(config: Any) -> str:
+async def greeting(config: Config) -> str:
     """Our greeting name (hostport.greeting_name), looked up in a thread: with `hostname:
     null` it asks socket.getfqdn, which may wait on DNS, and the loop must not."""
     return await asyncio.get_running_loop().run_in_executor(None, greeting_name, config)
 
 
-def smtp_factory(config: Any, handler: Any, gate: Gate, hostname: str) -> Callable[[], FilterSMTP]:
+def smtp_factory(config: Config, handler: Any, gate: Gate, hostname: str) -> Callable[[], FilterSMTP]:
     """The protocol factory the daemon passes to `loop.create_server`; `hostname` is what
     greeting() found."""
 
