@@ -6,7 +6,7 @@ For each GRU width it exports an untrained SpamNet of the shipped design (export
 same vocabulary, same wide branch; the weights do not change the cost) into a copy of the
 shipped artifact, loads it with `Scorer` on one CPU thread and times `infer` on batches of
 synthetic messages of each token count. Accuracy of such a model is a training question
-(see ../shared/MODEL-NOTES.md); this only says what it would save. Needs the train extra
+(docs/model.md); this only says what it would save. Needs the train extra
 (torch). Results go to bench/results/model_sizes-<time>.json.
 """
 

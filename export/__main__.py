@@ -21,7 +21,7 @@ The filterd training pipeline (needs the train extra: pip install 'filterd[train
   cv            cross-validate the recipe and its variants (the figures in docs/model.md)
   evaluate      score a model on labelled mail or its test split (JSON metrics)
   retrain       one retraining cycle on your own mail (config `retrain:`)
-  fetch-corpus  download the SpamAssassin public corpus, hash-checked
+  fetch-corpus  download the SpamAssassin public corpus (checked against pinned SHA-256 values)
 
 `python -m export COMMAND --help` describes a command's options."""
 

@@ -186,7 +186,7 @@ def split_of(raw: bytes, seed: int, val_frac: float, test_frac: float) -> str:
 
 # SHA-256 of the published tarballs. Apache publishes none; these are the values pinned by
 # another open-source project's corpus downloader (package "rolltop", training/corpus.go).
-# They could not be checked here (no internet, and ../shared/corpus holds reduced copies):
+# They could not be checked here (no internet, and the corpus used here holds reduced copies):
 # a mismatch stops the download and keeps the file as NAME.part for you to inspect.
 SHA256 = {
     "20030228_easy_ham.tar.bz2": "2b7b65904bcfcc31d2b5f51946f2d261370b257402cbbd62930b46ab83367438",

@@ -33,8 +33,8 @@ _STATE = ("h", "run_max", "run_sum", "count", "wide_sum")   # carried from chunk
 
 @dataclass(frozen=True)
 class Thresholds:
-    tag: float      # calibrated: <= 0.5 % of validation ham at or above
-    reject: float   # calibrated: <= 0.1 % of validation ham at or above
+    tag: float      # calibrated: <= 0.5 % of the training ham, scored out of fold, at or above
+    reject: float   # calibrated: <= 0.1 % of the training ham, scored out of fold, at or above
 
 
 def _providers(device: str) -> list[str]:
