@@ -83,3 +83,19 @@ def test_the_step_is_passive_aggressive_in_svm_units() -> None:
     assert online.step(0.0, 2.0, "spam", 5.0) == pytest.approx(2.5)     # loss 1, |x|^2 2
     assert online.step(20.0, 2.0, "ham", 5.0) == pytest.approx(-5.0)    # capped at C = 1
     assert online.message_key(b"a\r\nb") == online.message_key(b"a\nb")
+
+
+def test_a_failed_compaction_does_not_fail_the_lesson(tmp_path: Path, mail: list[bytes],
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    learner = Learner(DirStore(tmp_path), scorer())
+    monkeypatch.setattr(learning, "COMPACT_SLACK", 0)
+
+    def full(live: list) -> None:      # the disk filled up between the lesson and the rewrite
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(learner.store, "compact", full)
+    learner.learn(mail[0], "ham")
+    assert learner.forget(mail[0])                     # 2 records > 2 x 0 live: compacts, fails
+    assert learner.learn(mail[0], "spam")              # and the store goes on
+    assert "compaction failed" in caplog.text

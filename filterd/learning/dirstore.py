@@ -155,13 +155,17 @@ class DirStore:
     def compact(self, live: list[Record]) -> None:
         """Rewrite the journal as `live` (under the lock) and drop unnamed messages."""
         tmp = self.root / "journal.new"
-        with open(tmp, "wb") as f:
-            f.write(b"".join(r.encode() for r in live))
-            f.flush()
-            os.fsync(f.fileno())
-            inode, size = os.fstat(f.fileno()).st_ino, f.tell()
-        _own(tmp, self.root)
-        os.replace(tmp, self.journal)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(b"".join(r.encode() for r in live))
+                f.flush()
+                os.fsync(f.fileno())
+                inode, size = os.fstat(f.fileno()).st_ino, f.tell()
+            _own(tmp, self.root)
+            os.replace(tmp, self.journal)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)          # left only if something failed before the rename
         _fsync_dir(self.root)
         self._inode, self._offset, self.records = inode, size, len(live)
         keep = {r.key for r in live}

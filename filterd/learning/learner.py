@@ -223,8 +223,15 @@ class Learner:
         return list(self.lessons)[:extra] if extra > 0 else []
 
     def _maybe_compact(self) -> None:
-        if self.store.records > 2 * len(self.lessons) + COMPACT_SLACK:
+        """Rewrite the journal once it is mostly history. The lesson is already made: a
+        failed compaction (disk full) is said and tried again at the next lesson."""
+        if self.store.records <= 2 * len(self.lessons) + COMPACT_SLACK:
+            return
+        try:
             self.store.compact(list(self.lessons.values()))
+        except OSError as exc:
+            log.warning("learning store %s: compaction failed, the journal stays as it is: %s",
+                        self.store.describe(), exc)
 
 
 def taught(store: Any) -> Iterator[tuple[bytes, Label]]:
