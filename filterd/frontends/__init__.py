@@ -21,9 +21,9 @@ class Frontend(Protocol):
     name: str       # "smtp", "milter", "spamd": the log's and the metrics' frontend=
     address: str    # where it listens, once started: "host:port" (", "-joined) or "unix:/path"
 
-    async def start(self, sock: socket.socket | None, *, owned: bool = True) -> None:
-        """Serve on `sock` (None: bind the configured address); `owned`: we bound it, so a
-        UNIX socket file is ours to remove at stop (a worker's inherited socket is not)."""
+    async def start(self, sock: socket.socket, *, owned: bool = True) -> None:
+        """Serve on `sock`, bound by the service (or inherited from the supervisor); `owned`:
+        we bound it, so a UNIX socket file is ours to remove at stop."""
 
     def close(self) -> None:
         """Shutting down: a client that connects from now on is refused, not served."""

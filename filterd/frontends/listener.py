@@ -86,9 +86,8 @@ class Listener:
             conn.states.remove(state)
             self.changes.notify()
 
-    async def start(self, sock: socket.socket | None, *, owned: bool = True) -> None:
+    async def start(self, sock: socket.socket, *, owned: bool = True) -> None:
         """Serve on `sock`; `owned`: we bound it (a worker's inherited socket is not ours)."""
-        assert sock is not None, "the service binds the milter's and spamd's sockets"
         self.owned = owned
         if sock.family == socket.AF_UNIX:
             self.server = await asyncio.start_unix_server(self._accept, sock=sock)

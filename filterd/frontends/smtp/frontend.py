@@ -64,8 +64,7 @@ class SmtpFrontend:
         self.address = ""
         self._cut = False
 
-    async def start(self, sock: socket.socket | None, *, owned: bool = True) -> None:
-        assert sock is not None, "the service binds the SMTP socket"
+    async def start(self, sock: socket.socket, *, owned: bool = True) -> None:
         hostname = await greeting(self.config)
         self.relay = Relay(self.config, hostname)   # connects on demand
         await self.relay.start()   # the pool's idle reaper; stop() QUITs the pooled connections
