@@ -28,7 +28,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m export evaluate", description=__doc__)
     p.add_argument("--model", type=Path, default=Path("model_artifacts"))
     add_mail_arguments(p)
-    p.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
+    p.add_argument("--split", choices=["test", "train", "all"], default="test",
                    help="with --corpus: which part of the model's recorded split (default test)")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     args = p.parse_args(argv)
@@ -64,7 +64,7 @@ def report(scorer: Scorer, samples: list[Sample]) -> dict[str, object]:
 
 def no_split(model: Path, split: str) -> str | None:
     """Why --corpus cannot give a `split` of this model: one trained on all its mail
-    (test_frac 0, as the shipped one) has no test split, and one without val_frac no val."""
+    (test_frac 0, as the shipped one) has no test split."""
     if split in ("all", "train"):
         return None
     rule = json.loads((model / "split.json").read_text(encoding="utf-8"))

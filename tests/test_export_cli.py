@@ -58,6 +58,12 @@ def test_evaluate_a_model_without_test_split_says_what_it_can_do(corpus_dir: Pat
     assert "--ham/--spam" in line and "--split all" in line
 
 
+def test_evaluate_offers_only_splits_a_model_can_have(corpus_dir: Path) -> None:
+    """Artifacts record val_frac 0 (thresholds come from out-of-fold scores): no --split val."""
+    got = export("evaluate", "--model", str(shipped_model()), "--corpus", str(corpus_dir), "--split", "val")
+    assert got.returncode == 2 and "invalid choice: 'val'" in got.stderr, got
+
+
 def test_train_refuses_an_out_folder_that_holds_a_model(tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "manifest.json").write_text("{}")
