@@ -13,6 +13,8 @@ class TrainConfig:
     split_seed: int = 20240601    # which messages are held out as test (when test_frac > 0)
     test_frac: float = 0.0        # held out for the manifest's test figures; 0: all mail trains
     folds: int = 5                # cross-validation: combination, thresholds, manifest figures
+    forward: str = "auto"         # forward validation for the manifest: folders|date|auto|off
+    forward_frac: float = 0.3     # date split: the newest share of the mail is scored
     max_messages: int = 0         # 0 = all; else a random subset of this size (smoke tests)
     max_tokens: int = 128         # tokens the GRU reads per message (256 was no better, 2-3x slower)
     features: str = "char_wb"     # hashed n-gram scheme (filterd.pipeline.features.SCHEMES)
@@ -20,12 +22,18 @@ class TrainConfig:
     min_count: int = 2
     wide_c: float = 10.0          # LinearSVC C of the wide half (CV: 10 beat 0.3/1/3 in every fold)
     wide_ham_weight: float = 1.0  # LinearSVC class weight of ham (CV: no gain at C >= 3)
+    wide_min_df: int = 1          # n-gram buckets in fewer training messages weigh nothing
     epochs: int = 6               # GRU epochs (cross-validated: the peak is at 4-6)
     average: int = 3              # GRU weights shipped: the mean of its last `average` epochs
     batch_size: int = 32
     lr: float = 3e-3              # GRU: AdamW at a constant rate
     weight_decay: float = 0.05    # GRU: AdamW's decoupled weight decay
+    smoothing: float = 0.0        # GRU: label smoothing
+    token_dropout: float = 0.0    # GRU: share of input tokens turned into <unk> while training
     combine_c: float = 10.0       # C of the logistic regression over [wide, rnn] logits
+    rnn_share: float = 0.0        # > 0: the GRU's share of the whole, fixed (recipe.fit_combination)
+    tag_floor: float = 0.0        # the tag threshold is at least this (fit.calibrate)
+    reject_floor: float = 0.0     # the reject threshold is at least this
     threads: int = 2
     dry_run: bool = False         # one batch of GRU training per fit, for smoke tests
 

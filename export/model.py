@@ -32,6 +32,7 @@ class ModelConfig:
     hidden: int = 96              # 128 was no better on validation and 1.6x slower to run
     buckets: int = BUCKETS
     dropout: float = 0.3          # on the pooled GRU features (cross-validated, docs/model.md)
+    rnn_clip: float = 0.0         # > 0: the GRU logit is bounded, clip * tanh(logit / clip)
 
 
 class SpamNet(nn.Module):
@@ -59,7 +60,10 @@ class SpamNet(nn.Module):
     def pooled_logit(self, h: torch.Tensor, run_max: torch.Tensor, run_sum: torch.Tensor,
                      count: torch.Tensor) -> torch.Tensor:
         mean = run_sum / count.clamp(min=1.0).unsqueeze(1)
-        return self.head(self.drop(torch.cat([h, run_max, mean], dim=1))).squeeze(1)
+        logit = self.head(self.drop(torch.cat([h, run_max, mean], dim=1))).squeeze(1)
+        if self.cfg.rnn_clip > 0:   # a bounded vote: no message is certain from its words alone
+            logit = self.cfg.rnn_clip * torch.tanh(logit / self.cfg.rnn_clip)
+        return logit
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, feat_ids: torch.Tensor,
                 feat_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -31,7 +31,7 @@ from export.dataset import Batch, batches
 from export.model import ModelConfig, SpamNet
 from filterd.pipeline import features
 from filterd.pipeline.text import Analysis, Prepared
-from filterd.pipeline.vocab import Vocab
+from filterd.pipeline.vocab import UNK_ID, Vocab
 
 
 def fold_of(raw: bytes, folds: int) -> int:
@@ -50,11 +50,19 @@ class Combination(NamedTuple):
 
 
 def fit_inputs(analyses: Sequence[Analysis], vocab_size: int, min_count: int,
-               scheme: str) -> tuple[Vocab, np.ndarray]:
-    """Vocabulary and IDF from these (training) messages only."""
+               scheme: str, min_df: int = 1) -> tuple[Vocab, np.ndarray]:
+    """Vocabulary and IDF from these (training) messages only.
+
+    Buckets seen in fewer than `min_df` messages get IDF 0, so they never carry weight:
+    an n-gram that only a handful of training messages have (a campaign's tracking code, a
+    list's footer) is what a model learns by heart and what newer mail does not repeat.
+    """
     vocab = Vocab.build((a.tokens for a in analyses), vocab_size, min_count)
     df = features.document_frequency([a.wide for a in analyses], scheme)
-    return vocab, features.fit_idf(df, len(analyses))
+    idf = features.fit_idf(df, len(analyses))
+    if min_df > 1:
+        idf[df < min_df] = 0.0
+    return vocab, idf
 
 
 def encode(analyses: Sequence[Analysis], vocab: Vocab, idf: np.ndarray,
@@ -126,10 +134,14 @@ def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
 def fit_rnn(net: SpamNet, items: Sequence[Prepared], labels: np.ndarray, *, epochs: int,
             lr: float, weight_decay: float, batch_size: int, seed: int,
             on_epoch: Callable[[int, SpamNet], None] | None = None,
-            max_batches: int = 0) -> list[dict[str, torch.Tensor]]:
+            max_batches: int = 0, smoothing: float = 0.0,
+            token_dropout: float = 0.0) -> list[dict[str, torch.Tensor]]:
     """Train the deep half alone on its own loss; the wide parameters are not touched.
 
-    Returns the deep weights after each epoch (for checkpoint averaging).
+    Returns the deep weights after each epoch (for checkpoint averaging). `smoothing` pulls
+    the targets toward 0.5 (label smoothing) and `token_dropout` turns that fraction of the
+    input tokens into <unk> at each step: both keep the GRU from growing certain of words
+    that only the training period had.
     """
     deep = [p for n, p in net.named_parameters() if not n.startswith("wide")]
     for p in (net.wide, net.wide_bias):
@@ -137,6 +149,7 @@ def fit_rnn(net: SpamNet, items: Sequence[Prepared], labels: np.ndarray, *, epoc
     opt = torch.optim.AdamW(deep, lr=lr, weight_decay=weight_decay)
     data = batches(items, labels.tolist(), batch_size)
     rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
     snapshots = []
     for epoch in range(epochs):
         net.train()
@@ -144,8 +157,13 @@ def fit_rnn(net: SpamNet, items: Sequence[Prepared], labels: np.ndarray, *, epoc
         order = rng.permutation(len(data))[: max_batches or None]
         for i in tqdm(order, desc=f"gru epoch {epoch + 1}", leave=False, file=sys.stderr):
             b = data[i]
-            _, logit_rnn, _ = net(b.ids, b.lengths, b.feat_ids[:, :1], b.feat_w[:, :1] * 0)
-            loss = F.binary_cross_entropy_with_logits(logit_rnn, b.labels)
+            ids = b.ids
+            if token_dropout > 0:
+                drop = (torch.rand(ids.shape, generator=gen) < token_dropout) & (ids > UNK_ID)
+                ids = ids.masked_fill(drop, UNK_ID)
+            _, logit_rnn, _ = net(ids, b.lengths, b.feat_ids[:, :1], b.feat_w[:, :1] * 0)
+            target = b.labels * (1 - smoothing) + 0.5 * smoothing
+            loss = F.binary_cross_entropy_with_logits(logit_rnn, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(deep, 1.0)
@@ -168,13 +186,25 @@ def rnn_logits(net: SpamNet, items: Sequence[Prepared], batch_size: int = 128) -
 
 
 def fit_combination(wide: np.ndarray, rnn: np.ndarray, labels: np.ndarray,
-                    c: float) -> Combination:
-    """L2-regularised logistic regression over [wide logit, rnn logit] (out-of-fold)."""
+                    c: float, rnn_share: float = 0.0) -> Combination:
+    """The whole logit from out-of-fold [wide, rnn] logits.
+
+    rnn_share <= 0: an L2-regularised logistic regression over both logits. On mail of one
+    period the wide half is nearly perfect, so this gives the GRU almost no weight.
+    rnn_share > 0: each logit is put on one scale (divided by its out-of-fold standard
+    deviation), the GRU's counts `rnn_share` times the wide half's, and only the scale and
+    bias of that sum are fitted (Platt scaling). Forward validation chose the share.
+    """
     from sklearn.linear_model import LogisticRegression
 
     lr = LogisticRegression(C=c, max_iter=1000)
-    lr.fit(np.stack([wide, rnn], axis=1), labels)
-    return Combination(float(lr.coef_[0, 0]), float(lr.coef_[0, 1]), float(lr.intercept_[0]))
+    if rnn_share <= 0:
+        lr.fit(np.stack([wide, rnn], axis=1), labels)
+        return Combination(float(lr.coef_[0, 0]), float(lr.coef_[0, 1]), float(lr.intercept_[0]))
+    sw, sr = float(np.std(wide)) or 1.0, float(np.std(rnn)) or 1.0
+    lr.fit((wide / sw + rnn_share * rnn / sr)[:, None], labels)
+    a = float(lr.coef_[0, 0])
+    return Combination(a / sw, a * rnn_share / sr, float(lr.intercept_[0]))
 
 
 def new_net(mcfg: ModelConfig, seed: int) -> SpamNet:

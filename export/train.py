@@ -15,7 +15,6 @@ Reads top to bottom (the recipe itself is export/recipe.py):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -24,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export import artifacts, metrics, recipe, summary
+from export import artifacts, fit, metrics, recipe, summary, validate
 from export.config import ModelConfig, TrainConfig, apply_overrides, split_overrides
 from export.corpus import (READ_ERRORS, ReadStats, Sample, add_mail_arguments, check_mail_arguments,
                            read_mail, split_of)
-from export.model import SpamNet
 from filterd.pipeline import text
 from filterd.pipeline.text import Analysis, Prepared
 
@@ -56,62 +54,6 @@ def subsample(samples: list[Sample], limit: int, seed: int) -> list[Sample]:
         return samples
     order = np.random.default_rng(seed).permutation(len(samples))
     return [samples[i] for i in sorted(order[:limit])]
-
-
-class Fitted:
-    """One run of the recipe on some mail: inputs, both halves and the network."""
-
-    def __init__(self, cfg: TrainConfig, mcfg: ModelConfig, analyses: list[Analysis],
-                 labels: np.ndarray) -> None:
-        self.vocab, self.idf = recipe.fit_inputs(analyses, cfg.vocab_size, cfg.min_count,
-                                                 cfg.features)
-        items = recipe.encode(analyses, self.vocab, self.idf, cfg.features)
-        self.w, self.b = recipe.fit_wide_svm(items, labels, cfg.wide_c, cfg.wide_ham_weight)
-        self.mcfg = dataclasses.replace(mcfg, vocab_size=len(self.vocab))
-        self.net = recipe.new_net(self.mcfg, cfg.seed)
-        snaps = recipe.fit_rnn(self.net, items, labels, epochs=1 if cfg.dry_run else cfg.epochs,
-                               lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               batch_size=cfg.batch_size, seed=cfg.seed,
-                               max_batches=1 if cfg.dry_run else 0)
-        self.net.load_state_dict(recipe.average_states(snaps[-cfg.average:]), strict=False)
-        self.epochs = len(snaps)
-
-    def logits(self, analyses: list[Analysis],
-               cfg: TrainConfig) -> tuple[list[Prepared], np.ndarray, np.ndarray]:
-        items = recipe.encode(analyses, self.vocab, self.idf, cfg.features)
-        return items, recipe.wide_logits(self.w, self.b, items), recipe.rnn_logits(self.net, items)
-
-
-def cross_validate(cfg: TrainConfig, mcfg: ModelConfig, analyses: list[Analysis],
-                   labels: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """(n, 2) out-of-fold logits [wide, rnn] of every message."""
-    oof = np.zeros((len(labels), 2))
-    for f in range(cfg.folds):
-        tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        started = time.monotonic()
-        fitted = Fitted(cfg, mcfg, [analyses[i] for i in tr], labels[tr])
-        _, wide, rnn = fitted.logits([analyses[i] for i in te], cfg)
-        oof[te] = np.stack([wide, rnn], axis=1)
-        print(f"fold {f + 1}/{cfg.folds}: {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return oof
-
-
-def cv_figures(oof: np.ndarray, labels: np.ndarray, fold: np.ndarray, cfg: TrainConfig) -> dict:
-    """Per-fold figures (mean, min, max) of each half and of the whole; the whole of each
-    fold uses a combination fitted on the other folds, so it is out-of-fold too."""
-    whole = np.zeros(len(labels))
-    for f in range(cfg.folds):
-        comb = recipe.fit_combination(oof[fold != f, 0], oof[fold != f, 1], labels[fold != f],
-                                      cfg.combine_c)
-        whole[fold == f] = comb.apply(oof[fold == f, 0], oof[fold == f, 1])
-    out: dict = {"folds": cfg.folds, "rule": "sha256('filterd-cv\\0' + message) mod folds"}
-    for name, scores in (("whole", whole), ("rnn", oof[:, 1]), ("wide", oof[:, 0])):
-        rows = [metrics.summary(labels[fold == f], scores[fold == f]) for f in range(cfg.folds)]
-        out[name] = {key: {"mean": float(np.mean(v)), "min": float(np.min(v)),
-                           "max": float(np.max(v))}
-                     for key in ("auc", "recall_at_0.2pct_fpr")
-                     for v in [[r[key] for r in rows]]}
-    return out
 
 
 def check_classes(parts: dict[str, list[Sample]], fold: np.ndarray, labels: np.ndarray,
@@ -166,48 +108,51 @@ def run(args: argparse.Namespace) -> int:
         parts["test" if split_of(s.raw, cfg.split_seed, 0.0, cfg.test_frac) == "test"
               else "train"].append(s)
     labels = np.array([s.label for s in parts["train"]], dtype=np.int64)
-    fold = np.array([recipe.fold_of(s.raw, cfg.folds) for s in parts["train"]], dtype=np.int64)
+    fold = fit.folds_of([s.raw for s in parts["train"]], cfg.folds)
     problem = check_classes(parts, fold, labels, cfg.folds)
     if problem:
         print(f"train: {problem}: give more mail of both kinds", file=sys.stderr)
         return 1
     analyses = [text.analyze(s.raw, cfg.max_tokens) for s in parts["train"]]
-    oof = cross_validate(cfg, mcfg, analyses, labels, fold)
-    comb = recipe.fit_combination(oof[:, 0], oof[:, 1], labels, cfg.combine_c)
-    whole_oof = comb.apply(oof[:, 0], oof[:, 1])
-    thresholds = metrics.calibrate(labels, metrics.sigmoid(whole_oof))
+    model = fit.fit_model(cfg, mcfg, analyses, labels, fold)
+    whole_oof = model.combination.apply(model.oof[:, 0], model.oof[:, 1])
     report = {"val": {name: metrics.summary(labels, scores) for name, scores in
-                      zip(PARTS, (whole_oof, oof[:, 1], oof[:, 0]))},
-              "cv": cv_figures(oof, labels, fold, cfg)}
-    final = Fitted(cfg, mcfg, analyses, labels)
-    net = fold_in(final, comb)
-    items = recipe.encode(analyses[:256], final.vocab, final.idf, cfg.features)
+                      zip(PARTS, (whole_oof, model.oof[:, 1], model.oof[:, 0]))},
+              "cv": validate.cv_figures(model.oof, labels, fold, cfg)}
+    forward = forward_validation(cfg, mcfg, parts["train"], analyses)
+    if forward is not None:
+        report["forward"] = forward
+    net = fit.fold_in(model.halves, model.combination)
+    items = model.halves.encode(analyses[:256], cfg)
     parity_logits = recipe.all_logits(net, items)[:, 0]
     if parts["test"]:
-        test_items = [text.prepare(s.raw, final.vocab, final.idf, cfg.max_tokens, cfg.features)
-                      for s in parts["test"]]
+        test_items = [text.prepare(s.raw, model.halves.vocab, model.halves.idf, cfg.max_tokens,
+                                   cfg.features) for s in parts["test"]]
         test_labels = np.array([s.label for s in parts["test"]])
         test_logits = recipe.all_logits(net, test_items)
         report["test"] = {name: metrics.summary(test_labels, test_logits[:, col])
                           for col, name in enumerate(PARTS)}
-    print(summary.render(report, thresholds, comb), file=sys.stderr)
-    artifacts.write(args.out, net, final.vocab, final.idf, cfg=cfg, mcfg=final.mcfg,
-                    parts=parts, stats=stats, metrics=report, thresholds=thresholds,
-                    history=[{"gru_epochs": final.epochs}], combination=comb._asdict(),
-                    parity_items=items, parity_logits=parity_logits,
-                    seconds=time.monotonic() - started, argv=sys.argv)
+    print(summary.render(report, model.thresholds, model.combination), file=sys.stderr)
+    artifacts.write(args.out, net, model.halves.vocab, model.halves.idf, cfg=cfg,
+                    mcfg=model.halves.mcfg, parts=parts, stats=stats, metrics=report,
+                    thresholds=model.thresholds, history=[{"gru_epochs": model.halves.epochs}],
+                    combination=model.combination._asdict(), parity_items=items,
+                    parity_logits=parity_logits, seconds=time.monotonic() - started, argv=sys.argv)
     return 0
 
 
-def fold_in(fitted: Fitted, comb: recipe.Combination) -> SpamNet:
-    """The shipped network: wide weights scaled by a_wide (so wide.npy holds exactly what
-    enters the whole logit), the combination's bias in the wide bias, a_rnn on the GRU."""
-    net = fitted.net.cpu().eval()
-    with torch.no_grad():
-        net.wide.copy_(torch.from_numpy(fitted.w * np.float32(comb.a_wide)))
-        net.wide_bias.fill_(comb.a_wide * fitted.b + comb.bias)
-        net.rnn_weight.fill_(comb.a_rnn)
-    return net
+def forward_validation(cfg: TrainConfig, mcfg: ModelConfig, samples: list[Sample],
+                       analyses: list[Analysis]) -> dict | None:
+    """The recipe on the older mail, scored on the newer (export/validate.py): `auto` takes
+    the corpus's folders where they are there, else the Date headers."""
+    if cfg.forward == "off" or cfg.dry_run:
+        return None
+    for how in (("folders", "date") if cfg.forward == "auto" else (cfg.forward,)):
+        run = validate.forward_run(cfg, mcfg, samples, analyses, how)
+        if run is not None:
+            ref = validate.reference_scores(samples, how, cfg.forward_frac)
+            return validate.forward_figures(run, cfg, ref)
+    return None
 
 
 def main(argv: list[str]) -> int:

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.torch]
 
 from export import recipe  # noqa: E402
 from export.model import ModelConfig  # noqa: E402
-from export.train import fold_in  # noqa: E402
+from export.fit import fold_in  # noqa: E402
 from filterd.pipeline.text import Prepared  # noqa: E402
 
 
