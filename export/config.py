@@ -22,7 +22,7 @@ class TrainConfig:
     min_count: int = 2
     wide_c: float = 10.0          # LinearSVC C of the wide half (CV: 10 beat 0.3/1/3 in every fold)
     wide_ham_weight: float = 1.0  # LinearSVC class weight of ham (CV: no gain at C >= 3)
-    wide_min_df: int = 1          # n-gram buckets in fewer training messages weigh nothing
+    wide_min_df: int = 10         # n-gram buckets in fewer training messages weigh nothing
     epochs: int = 6               # GRU epochs (cross-validated: the peak is at 4-6)
     average: int = 3              # GRU weights shipped: the mean of its last `average` epochs
     batch_size: int = 32
@@ -30,10 +30,11 @@ class TrainConfig:
     weight_decay: float = 0.05    # GRU: AdamW's decoupled weight decay
     smoothing: float = 0.0        # GRU: label smoothing
     token_dropout: float = 0.0    # GRU: share of input tokens turned into <unk> while training
+    short_views: float = 0.0      # GRU: share of messages shown cut to their first 8-48 tokens
     combine_c: float = 10.0       # C of the logistic regression over [wide, rnn] logits
-    rnn_share: float = 0.0        # > 0: the GRU's share of the whole, fixed (recipe.fit_combination)
-    tag_floor: float = 0.0        # the tag threshold is at least this (fit.calibrate)
-    reject_floor: float = 0.0     # the reject threshold is at least this
+    rnn_share: float = 1.0        # > 0: the GRU's share of the whole, fixed (recipe.fit_combination)
+    tag_floor: float = 0.9999     # the tag threshold is at least this (fit.calibrate)
+    reject_floor: float = 0.99999 # the reject threshold is at least this
     threads: int = 2
     dry_run: bool = False         # one batch of GRU training per fit, for smoke tests
 

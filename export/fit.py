@@ -77,7 +77,8 @@ def fit_halves(cfg: TrainConfig, mcfg: ModelConfig, analyses: list[Analysis],
     snaps = recipe.fit_rnn(net, items, labels, epochs=1 if cfg.dry_run else cfg.epochs,
                            lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                            seed=cfg.seed, max_batches=1 if cfg.dry_run else 0,
-                           smoothing=cfg.smoothing, token_dropout=cfg.token_dropout)
+                           smoothing=cfg.smoothing, token_dropout=cfg.token_dropout,
+                           short_views=cfg.short_views)
     net.load_state_dict(recipe.average_states(snaps[-cfg.average:]), strict=False)
     return Halves(vocab, idf, w, b, net, mcfg, len(snaps))
 

@@ -134,14 +134,16 @@ def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
 def fit_rnn(net: SpamNet, items: Sequence[Prepared], labels: np.ndarray, *, epochs: int,
             lr: float, weight_decay: float, batch_size: int, seed: int,
             on_epoch: Callable[[int, SpamNet], None] | None = None,
-            max_batches: int = 0, smoothing: float = 0.0,
-            token_dropout: float = 0.0) -> list[dict[str, torch.Tensor]]:
+            max_batches: int = 0, smoothing: float = 0.0, token_dropout: float = 0.0,
+            short_views: float = 0.0) -> list[dict[str, torch.Tensor]]:
     """Train the deep half alone on its own loss; the wide parameters are not touched.
 
     Returns the deep weights after each epoch (for checkpoint averaging). `smoothing` pulls
     the targets toward 0.5 (label smoothing) and `token_dropout` turns that fraction of the
     input tokens into <unk> at each step: both keep the GRU from growing certain of words
-    that only the training period had.
+    that only the training period had. `short_views` is the share of messages that a step
+    shows cut to their first 8-48 tokens: the corpus has few short messages, and a GRU that
+    never saw a short ham takes any short note for spam.
     """
     deep = [p for n, p in net.named_parameters() if not n.startswith("wide")]
     for p in (net.wide, net.wide_bias):
@@ -161,7 +163,12 @@ def fit_rnn(net: SpamNet, items: Sequence[Prepared], labels: np.ndarray, *, epoc
             if token_dropout > 0:
                 drop = (torch.rand(ids.shape, generator=gen) < token_dropout) & (ids > UNK_ID)
                 ids = ids.masked_fill(drop, UNK_ID)
-            _, logit_rnn, _ = net(ids, b.lengths, b.feat_ids[:, :1], b.feat_w[:, :1] * 0)
+            lengths = b.lengths
+            if short_views > 0:
+                cut = torch.randint(8, 49, lengths.shape, generator=gen)
+                pick = torch.rand(lengths.shape, generator=gen) < short_views
+                lengths = torch.where(pick, torch.minimum(lengths, cut), lengths)
+            _, logit_rnn, _ = net(ids, lengths, b.feat_ids[:, :1], b.feat_w[:, :1] * 0)
             target = b.labels * (1 - smoothing) + 0.5 * smoothing
             loss = F.binary_cross_entropy_with_logits(logit_rnn, target)
             opt.zero_grad(set_to_none=True)

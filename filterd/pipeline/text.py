@@ -27,7 +27,7 @@ from filterd.pipeline.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 1        # bump when tokens change; the manifest records it, the scorer checks it
+PIPELINE_VERSION = 2        # bump when tokens change; the manifest records it, the scorer checks it
 
 MAX_SCAN = 512 * 1024       # bytes of a message we look at, whatever its size
 MAX_HEADER = 64 * 1024      # bytes of one header block
@@ -44,6 +44,11 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 _FOLD = re.compile(rb"\r\n[ \t]+|\n[ \t]+")
 # greedy value, trailing blanks stripped in Python: a lazy `(.*?)[ \t]*$` is quadratic
 _HEADER_LINE = re.compile(rb"^([!-9;-~]{1,76})[ \t]*:[ \t]*(.*)$", re.M)
+# Header fields the final delivery adds (RFC 5321 4.4 Return-Path; Postfix's Delivered-To and
+# X-Original-To): saved mailboxes, and so every training corpus, have them; the mail a
+# filter sees before delivery (proxy, milter) does not. Neither half may learn from them.
+_DELIVERY_FIELD = re.compile(rb"^(?:return-path|delivered-to|x-original-to)[ \t]*:[^\n]*\n(?:[ \t][^\n]*\n)*",
+                             re.I | re.M)
 _HEADER_LINE_STR = re.compile(r"^([!-9;-~]{1,76})[ \t]*:[ \t]*(.*)$", re.M)
 _CTYPE = re.compile(r"^\s*([\w.+-]+/[\w.+-]+)", re.A)
 _PARAM = re.compile(r';\s*([\w*-]+)\s*=\s*(?:"([^"]*)"|([^\s;]+))', re.A)
@@ -121,7 +126,8 @@ def _analyze(raw: bytes, max_tokens: int) -> Analysis:
     tokens = _header_tokens(headers) + facts + ["<body>"]
     body_text = " ".join(texts)[:TEXT_CAP]
     tokens += tokenize(body_text, max_tokens - len(tokens))
-    wide = (raw[:WIDE_CAP] + b"\n" + b"\n".join(extra))[: 2 * WIDE_CAP].lower()
+    source = _DELIVERY_FIELD.sub(b"", raw[:len(head)]) + raw[len(head):WIDE_CAP]
+    wide = (source[:WIDE_CAP] + b"\n" + b"\n".join(extra))[: 2 * WIDE_CAP].lower()
     return Analysis(tokens[:max_tokens], wide)
 
 
@@ -316,7 +322,7 @@ def _header_tokens(headers: dict[str, str]) -> list[str]:
     ctype, _ = _content_type(headers)
     tokens = ["<subject>"] + tokenize(subject, 24)
     tokens += ["<from>"] + tokenize(display, 8) + [_domain(sender)]
-    tokens += ["<to>", _domain(headers.get("to", "")), "<rp>", _domain(headers.get("return-path", ""))]
+    tokens += ["<to>", _domain(headers.get("to", ""))]
     tokens += ["<mid>", _domain(headers.get("message-id", ""))]
     tokens += ["<hop>", "@" + ".".join(hop.group(1).lower().split(".")[-2:]) if hop else "@none"]
     tokens += ["mailer:" + (mailer[0].lower()[:20] if mailer else "none"), "ct:" + ctype[:40]]
