@@ -126,6 +126,10 @@ def calibrate(labels: np.ndarray, whole_logits: np.ndarray, cfg: TrainConfig) ->
     """
     found = metrics.calibrate(labels, metrics.sigmoid(whole_logits))
     tag = max(found["tag"], cfg.tag_floor)
+    if found["reject"] <= found["tag"]:
+        # too little ham to tell 0.5 % from 0.1 % of it: the floors add a margin, they do
+        # not make up the difference the data cannot show (retrain keeps such a model out)
+        return {"tag": tag, "reject": tag}
     return {"tag": tag, "reject": max(found["reject"], cfg.reject_floor, tag)}
 
 

@@ -1,14 +1,13 @@
-"""The training recipe shared by `export train`, `export retrain` and `export cv`.
+"""The pieces of the training recipe (export/fit.py runs them; docs/model.md says why).
 
-Cross-validation (docs/model.md) chose it; each half is trained alone, for itself:
+Each half is trained alone, for itself:
 
 1. the wide half: scikit-learn's LinearSVC on filterd's hashed n-gram features (the same
    vector the network's wide layer multiplies), its weights loaded into `SpamNet.wide`;
-2. the GRU alone on its own loss (BCE, no smoothing, Adam at a constant rate), the mean
-   of the weights of its last few epochs (checkpoint averaging);
-3. the combination: a regularised logistic regression over the two logits, fitted on
-   out-of-fold logits, so it learns how much the GRU adds and cannot be made to hurt by
-   a fixed weight: logit = a_wide * wide + a_rnn * rnn + bias.
+2. the GRU alone on its own loss (BCE, Adam at a constant rate), the mean of the weights
+   of its last few epochs (checkpoint averaging);
+3. the combination of the two logits, fitted on out-of-fold logits:
+   logit = a_wide * wide + a_rnn * rnn + bias (fit_combination).
 
 Folds are a hash of each message's bytes (duplicates always fall in one fold); the
 vocabulary and IDF of a fold come from its training part only.

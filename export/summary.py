@@ -29,7 +29,15 @@ def render(report: dict[str, Any], thresholds: dict[str, float], combination: An
         test = report["test"]
         lines.append(f"test split ({test['whole']['ham']} ham, {test['whole']['spam']} spam):")
         lines += [_row(name, test[name]) for name in ("whole", "rnn", "wide")]
-    lines.append(f"thresholds: tag {thresholds['tag']:.3f}, reject {thresholds['reject']:.3f}")
+    forward = report.get("forward")
+    if forward:
+        lines.append(f"forward ({forward['split']}: trained on the older mail, scored on the newer):")
+        lines += [_row(name, forward[name]) for name in ("whole", "rnn", "wide", "bogofilter")
+                  if name in forward]
+        tag = forward["whole"]["at_tag"]
+        lines.append(f"  at its own tag threshold: {100 * tag['ham_fpr']:.1f} % of newer ham flagged, "
+                     f"{100 * tag['spam_recall']:.1f} % of newer spam")
+    lines.append(f"thresholds: tag {thresholds['tag']:.5f}, reject {thresholds['reject']:.5f}")
     lines.append("combination: " + ", ".join(f"{k} {v:.3f}" for k, v in combination._asdict().items()))
     return "\n".join(lines + [f"warning: {w}" for w in warnings(thresholds)])
 

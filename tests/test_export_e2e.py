@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -12,10 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fixtures.prereq import require_module
+from tests.fixtures.prereq import missing, require_module
 
 require_module("torch")
+if shutil.which("bogofilter") is None:
+    missing("bogofilter is not installed (Debian: apt-get install bogofilter)")
 pytestmark = [pytest.mark.torch, pytest.mark.corpus, pytest.mark.slow]
+
+from export.config import TrainConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--set", "max_messages=300", "--set", "epochs=2", "--set", "max_tokens=48",
@@ -42,7 +47,9 @@ def test_train_ends_with_a_readable_summary(tiny_model: Path) -> None:
                      end, re.M), end
     assert "test split (" in end
     thresholds = json.loads((tiny_model / "manifest.json").read_text())["thresholds"]
-    assert f"thresholds: tag {thresholds['tag']:.3f}, reject {thresholds['reject']:.3f}" in end
+    assert f"thresholds: tag {thresholds['tag']:.5f}, reject {thresholds['reject']:.5f}" in end
+    assert "forward (folders: trained on the older mail, scored on the newer):" in end
+    assert re.search(r"^  at its own tag threshold: \d+\.\d % of newer ham flagged", end, re.M), end
     same = thresholds["tag"] == thresholds["reject"]
     assert ("warning: tag and reject are the same" in end) is same, end
 
@@ -59,6 +66,14 @@ def test_artifact_is_complete_and_small(tiny_model: Path) -> None:
     assert set(manifest["model"]["combination"]) == {"a_wide", "a_rnn", "bias"}
     for part in ("whole", "rnn", "wide"):
         assert set(manifest["metrics"]["cv"][part]["auc"]) == {"mean", "min", "max"}
+    forward = manifest["metrics"]["forward"]     # older corpus folders train, newer are scored
+    assert forward["split"] == "folders" and forward["train"]["ham"] > 0
+    for part in ("whole", "rnn", "wide", "bogofilter"):
+        assert 0.5 <= forward[part]["auc"] <= 1.0, part
+        low, high = forward[part]["auc_5_95"]
+        assert low <= forward[part]["auc"] <= high
+    assert forward["thresholds"]["tag"] >= TrainConfig().tag_floor     # the floor holds
+    assert forward["whole"]["at_tag"]["fp"] + forward["whole"]["at_tag"]["tn"] > 0
 
 
 def test_wide_weights_are_the_wide_contribution_to_the_whole_logit(tiny_model: Path) -> None:
