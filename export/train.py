@@ -41,8 +41,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig/ModelConfig field, e.g. --set epochs=2")
     p.add_argument("--dry-run", action="store_true", help="train one batch (smoke test)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
-                   help="accepted for compatibility; the recipe trains on the CPU")
     args = p.parse_args(argv)
     check_mail_arguments(p, args)
     return args

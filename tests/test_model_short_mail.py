@@ -28,7 +28,7 @@ def test_short_ham_passes_and_short_spam_is_flagged(model_dir: Path) -> None:
     assert len(ham) >= 5 and len(spam) >= 5
     got = _classify(model_dir, ham + spam)
     for name, line in got.items():
-        wanted = ("pass",) if name.startswith("ham/") else ("tag", "reject")
+        wanted = ("ham",) if name.startswith("ham/") else ("tagged", "rejected")
         assert line["action"] in wanted, (name, line)
     worst_ham = max(line["score"] for name, line in got.items() if name.startswith("ham/"))
     least_spam = min(line["score"] for name, line in got.items() if name.startswith("spam/"))
