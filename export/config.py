@@ -33,8 +33,8 @@ class TrainConfig:
     short_views: float = 0.0      # GRU: share of messages shown cut to their first 8-48 tokens
     combine_c: float = 10.0       # C of the logistic regression over [wide, rnn] logits
     rnn_share: float = 1.0        # > 0: the GRU's share of the whole, fixed (recipe.fit_combination)
-    tag_floor: float = 0.9999     # the tag threshold is at least this (fit.calibrate)
-    reject_floor: float = 0.99999 # the reject threshold is at least this
+    tag_floor: float = 0.0        # the tag threshold is at least this (fit.calibrate)
+    reject_floor: float = 0.0     # the reject threshold is at least this
     threads: int = 2
     dry_run: bool = False         # one batch of GRU training per fit, for smoke tests
 
