@@ -81,7 +81,7 @@ def test_at_most_max_lessons_the_oldest_forgotten(tmp_path: Path, mail: list[byt
 def test_the_step_is_passive_aggressive_in_svm_units() -> None:
     assert online.step(10.0, 2.0, "spam", 5.0) == 0.0              # right side, past the margin
     assert online.step(0.0, 2.0, "spam", 5.0) == pytest.approx(2.5)     # loss 1, |x|^2 2
-    assert online.step(20.0, 2.0, "ham", 5.0) == pytest.approx(-5.0)    # capped at C = 1
+    assert online.step(20.0, 2.0, "ham", 5.0) == pytest.approx(-10.0)   # capped at C = 2
     assert online.message_key(b"a\r\nb") == online.message_key(b"a\nb")
 
 

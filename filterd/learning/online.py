@@ -8,10 +8,12 @@ was trained in: the shipped wide weights are the linear SVM's times `a_wide` (th
 combination's weight, manifest model.combination), so one SVM margin is `a_wide` logits:
 
     loss = max(0, 1 - y * logit / a_wide)         the whole model's logit, GRU included
-    coef = y * a_wide * min(C, loss / |x|^2)      C = 1
+    coef = y * a_wide * min(C, loss / |x|^2)      C = 2
 
-Measured on the drift stream of `python -m bench.online` (README). A message already on the
-right side by a margin gets coef 0: it is still a lesson (kept, and folded into retraining).
+C = 2, not the textbook 1: the GRU, which no lesson moves, counts as much as the n-grams in
+the shipped model (docs/model.md), so one step of at most 2 SVM margins is what lets a
+taught message cross the tag threshold against a confident GRU (a corrected message should
+not be tagged again). A message already on the right side by a margin gets coef 0: it is still a lesson (kept, and folded into retraining).
 
 The delta is held as integers: each lesson adds round(coef * x * 2**32) to its buckets. Sums
 of integers do not depend on their order, so every worker that applies the same lessons,
@@ -29,7 +31,7 @@ import numpy as np
 
 from filterd.learning import Label
 
-C = 1.0                  # PA-I aggressiveness, in SVM units
+C = 2.0                  # PA-I aggressiveness, in SVM units (see above)
 ONE = float(1 << 32)     # fixed point: a delta of 1.0 is 2**32
 CLIP = 8.0               # no learned weight moves further than this from the shipped one (logits)
 
