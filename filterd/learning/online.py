@@ -13,7 +13,8 @@ combination's weight, manifest model.combination), so one SVM margin is `a_wide`
 C = 2, not the textbook 1: the GRU, which no lesson moves, counts as much as the n-grams in
 the shipped model (docs/model.md), so one step of at most 2 SVM margins is what lets a
 taught message cross the tag threshold against a confident GRU (a corrected message should
-not be tagged again). A message already on the right side by a margin gets coef 0: it is still a lesson (kept, and folded into retraining).
+not be tagged again). A message already on the right side by a margin gets coef 0: it is
+still a lesson (kept, and folded into retraining).
 
 The delta is held as integers: each lesson adds round(coef * x * 2**32) to its buckets. Sums
 of integers do not depend on their order, so every worker that applies the same lessons,
