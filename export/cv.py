@@ -91,25 +91,29 @@ def run(args: argparse.Namespace) -> int:
         return 1
     labels = np.array([s.label for s in samples], dtype=np.int64)
     analyses = [text.analyze(s.raw, plans[0][1].max_tokens) for s in samples]
-    cache: dict[tuple[str, str], object] = {}
+    oofs: dict[str, np.ndarray] = {}                                  # by halves_key
+    runs: dict[tuple[str, str], validate.ForwardRun | None] = {}      # by (halves_key, split)
+    refs: dict[tuple[str, float], np.ndarray | None] = {}             # bogofilter, by split
     results: dict[str, dict] = {}
-    refs = {how: validate.reference_scores(samples, how, plans[0][1].forward_frac)
-            for how in args.forward} if "forward" in args.validation else {}
     for pairs, cfg, mcfg in plans:
         name = " ".join(pairs) or "shipped recipe"
         key = halves_key(cfg, mcfg)
         row: dict = {}
         if "shuffled" in args.validation:
             fold = fit.folds_of([s.raw for s in samples], cfg.folds)
-            if (key, "shuffled") not in cache:
-                cache[key, "shuffled"] = fit.cross_validate(cfg, mcfg, analyses, labels, fold)
-            row["shuffled"] = validate.cv_figures(cache[key, "shuffled"], labels, fold, cfg)  # type: ignore[arg-type]
+            if key not in oofs:
+                oofs[key] = fit.cross_validate(cfg, mcfg, analyses, labels, fold)
+            row["shuffled"] = validate.cv_figures(oofs[key], labels, fold, cfg)
         for how in args.forward if "forward" in args.validation else []:
-            if (key, how) not in cache:
-                cache[key, how] = validate.forward_run(cfg, mcfg, samples, analyses, how)
-            fwd = cache[key, how]
-            if fwd is not None:
-                row[f"forward.{how}"] = validate.forward_figures(fwd, cfg, refs.get(how))  # type: ignore[arg-type]
+            if (key, how) not in runs:
+                runs[key, how] = validate.forward_run(cfg, mcfg, samples, analyses, how)
+            fwd = runs[key, how]
+            if fwd is None:
+                continue
+            split = (how, cfg.forward_frac)     # the same split for every design: bogofilter once
+            if split not in refs:
+                refs[split] = validate.reference_scores(samples, fwd)
+            row[f"forward.{how}"] = validate.forward_figures(fwd, cfg, refs[split])
         results[name] = row
         show_design(name, row)
     if refs and not bogofilter.available():

@@ -148,7 +148,7 @@ def forward_validation(cfg: TrainConfig, mcfg: ModelConfig, samples: list[Sample
     for how in (("folders", "date") if cfg.forward == "auto" else (cfg.forward,)):
         run = validate.forward_run(cfg, mcfg, samples, analyses, how)
         if run is not None:
-            ref = validate.reference_scores(samples, how, cfg.forward_frac)
+            ref = validate.reference_scores(samples, run)
             return validate.forward_figures(run, cfg, ref)
     return None
 

@@ -99,6 +99,8 @@ class ForwardRun(NamedTuple):
     """What training on the older mail gave: enough to finish any combination cheaply."""
 
     how: str
+    old: np.ndarray          # indices of the older mail (trained on)
+    new: np.ndarray          # indices of the newer mail (scored)
     labels: np.ndarray       # of the newer mail
     oof: np.ndarray          # (n_old, 2) out-of-fold logits of the older mail
     old_labels: np.ndarray
@@ -107,7 +109,7 @@ class ForwardRun(NamedTuple):
 
 def forward_run(cfg: TrainConfig, mcfg: ModelConfig, samples: Sequence[Sample],
                 analyses: list[Analysis], how: str) -> ForwardRun | None:
-    """Train the recipe's halves on the older mail (with its own cross-validation) and score
+    """The recipe (its own cross-validation included) trained on the older mail, scoring
     the newer; None when this mail has no such split."""
     split = forward_split(samples, how, cfg.forward_frac)
     if split is None:
@@ -116,12 +118,10 @@ def forward_run(cfg: TrainConfig, mcfg: ModelConfig, samples: Sequence[Sample],
     labels = np.array([s.label for s in samples], dtype=np.int64)
     print(f"forward ({how}): training on {len(old)} older messages, scoring {len(new)} newer",
           file=sys.stderr)
-    old_analyses = [analyses[i] for i in old]
-    oof = fit.cross_validate(cfg, mcfg, old_analyses, labels[old],
-                             fit.folds_of([samples[i].raw for i in old], cfg.folds))
-    halves = fit.fit_halves(cfg, mcfg, old_analyses, labels[old])
-    return ForwardRun(how, labels[new], oof, labels[old],
-                      halves.logits([analyses[i] for i in new], cfg))
+    model = fit.fit_model(cfg, mcfg, [analyses[i] for i in old], labels[old],
+                          fit.folds_of([samples[i].raw for i in old], cfg.folds))
+    return ForwardRun(how, old, new, labels[new], model.oof, labels[old],
+                      model.halves.logits([analyses[i] for i in new], cfg))
 
 
 def forward_figures(run: ForwardRun, cfg: TrainConfig,
@@ -144,15 +144,14 @@ def forward_figures(run: ForwardRun, cfg: TrainConfig,
     return out
 
 
-def reference_scores(samples: Sequence[Sample], how: str, frac: float) -> np.ndarray | None:
-    """bogofilter trained on the older mail of this split, its spamicity of the newer."""
-    split = forward_split(samples, how, frac)
-    if split is None or not bogofilter.available():
+def reference_scores(samples: Sequence[Sample], run: ForwardRun) -> np.ndarray | None:
+    """bogofilter trained on the older mail of this run's split, its spamicity of the newer;
+    None where bogofilter is not installed."""
+    if not bogofilter.available():
         return None
-    old, new = split
-    return bogofilter.train_and_score([samples[i].raw for i in old],
-                                      [samples[i].label for i in old],
-                                      [samples[i].raw for i in new])
+    return bogofilter.train_and_score([samples[i].raw for i in run.old],
+                                      [samples[i].label for i in run.old],
+                                      [samples[i].raw for i in run.new])
 
 
 def with_spread(labels: np.ndarray, scores: np.ndarray, rounds: int = 200) -> dict:
