@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from filterd.pipeline.artifact import read_manifest
+from filterd.pipeline.artifact import fsync_dir, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +137,3 @@ def sync_tree(folder: Path) -> None:
             finally:
                 os.close(fd)
     fsync_dir(folder)
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

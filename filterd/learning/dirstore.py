@@ -22,14 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from filterd.learning.records import Record, split_lines
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from filterd.pipeline.artifact import fsync_dir
 
 
 def _own(path: Path, root: Path) -> None:
@@ -120,7 +113,7 @@ class DirStore:
         finally:
             os.close(fd)
         if self._offset == 0:
-            _fsync_dir(self.root)             # the journal's name is durable too
+            fsync_dir(self.root)             # the journal's name is durable too
         self._offset += len(data)
         self.records += len(records)
 
@@ -135,7 +128,7 @@ class DirStore:
         if not self.messages.is_dir():
             self.messages.mkdir(mode=0o750, exist_ok=True)
             _own(self.messages, self.root)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         tmp = self.messages / f".{key}.{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
@@ -147,7 +140,7 @@ class DirStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        _fsync_dir(self.messages)
+        fsync_dir(self.messages)
 
     def get_message(self, key: str) -> bytes:
         return (self.messages / key).read_bytes()
@@ -166,7 +159,7 @@ class DirStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)          # left only if something failed before the rename
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._inode, self._offset, self.records = inode, size, len(live)
         keep = {r.key for r in live}
         for path in self.messages.glob("*") if self.messages.is_dir() else ():

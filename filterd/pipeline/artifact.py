@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from filterd.errors import ModelError
@@ -16,6 +17,16 @@ from filterd.pipeline.features import SCHEMES
 
 FORMAT = 1                      # manifest "format" this code reads
 REQUIRED = ("model.onnx", "vocab.json", "idf.npy", "wide.npy")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the names in `folder` durable (after a rename or a new file in it): the model
+    installer and the learning store both need it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: Path) -> str:
